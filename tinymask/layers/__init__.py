@@ -1,0 +1,12 @@
+"""Differentiable layers, each a `*_forward(...) -> (out, cache)` / `*_backward(dout, cache) -> grads` pair.
+
+See docs/conventions.md for the convention. Import from the concept's module (`tinymask.layers.conv`) or from here.
+"""
+from .activations import relu_backward, relu_forward, sigmoid, sigmoid_backward, sigmoid_forward
+from .conv import conv2d_backward, conv2d_backward_naive, conv2d_forward, conv2d_forward_naive
+from .conv_transpose import (conv_transpose2d_backward, conv_transpose2d_backward_naive, conv_transpose2d_forward,
+                             conv_transpose2d_forward_naive)
+from .linear import linear_backward, linear_forward
+from .norm import frozen_batch_norm_backward, frozen_batch_norm_forward, group_norm_backward, group_norm_forward
+from .pooling import max_pool2d_backward, max_pool2d_forward
+from .upsample import upsample_nearest_backward, upsample_nearest_forward

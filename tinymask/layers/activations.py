@@ -1,0 +1,43 @@
+"""Element-wise non-linearities: ReLU and the logistic sigmoid.
+
+ReLU follows every conv and fc layer of the backbone and heads (ResNet, FPN, Mask R-CNN Fig. 4). The sigmoid turns
+each mask logit into a per-pixel probability (Mask R-CNN §3: "a per-pixel sigmoid"); the losses use its numerically
+stable fused form with the cross-entropy (see `tinymask/losses.py`).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .._validate import check_float_array
+
+
+def relu_forward(x):
+    """out = max(x, 0), any shape. The cache keeps the mask `x > 0`, which is all the backward needs."""
+    check_float_array(x, "x")
+    positive = x > 0
+    return x * positive, positive
+
+
+def relu_backward(dout, cache):
+    """dx = dout where x > 0, else 0 (the derivative at exactly 0 is taken as 0)."""
+    positive = cache
+    return dout * positive
+
+
+def sigmoid(x):
+    """σ(x) = 1 / (1 + e^{−x}), computed without overflow: for x < 0 as e^{x} / (1 + e^{x})."""
+    e = np.exp(-np.abs(x))  # in (0, 1]: never overflows
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
+
+
+def sigmoid_forward(x):
+    """out = σ(x), any shape. The cache keeps `out`, since σ'(x) = σ(x)(1 − σ(x))."""
+    check_float_array(x, "x")
+    out = sigmoid(x)
+    return out, out
+
+
+def sigmoid_backward(dout, cache):
+    """dx = dout · σ(x) · (1 − σ(x))."""
+    out = cache
+    return dout * out * (1.0 - out)

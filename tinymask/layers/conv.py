@@ -1,0 +1,141 @@
+"""2-D convolution, forward and backward.
+
+Paper: every convolution of Mask R-CNN — the ResNet backbone (He et al., CVPR 2016), FPN's laterals and output convs
+(Lin et al., CVPR 2017), the RPN head (Ren et al., NeurIPS 2015, §3.1) and the mask head's four 3×3 convs and 1×1
+predictor (Mask R-CNN §3, Fig. 4) — is this one operation.
+
+    out[n, o, y, x] = b[o] + Σ_c Σ_i Σ_j  w[o, c, i, j] · x_pad[n, c, y·s + i·d, x·s + j·d]
+
+with stride `s`, zero padding `p` and dilation `d` (each an int or a (height, width) pair). Two implementations share
+one signature:
+
+- `conv2d_forward_naive` / `conv2d_backward_naive`: the loops of the definition, slow, obviously right; the reference.
+- `conv2d_forward` / `conv2d_backward`: the same maths as matrix products via im2col (see `im2col.py`), fast on BLAS.
+  The tests check that both agree and that both pass the numerical gradient check.
+
+Backward (derivation in docs/layers/convolution.md): with `cols` the im2col matrix and `W` the filters as rows,
+`out = W @ cols + b`, so `dW = Σ_n dout_n @ cols_nᵀ`, `db = Σ dout`, and `dcols = Wᵀ @ dout`, which col2im adds back
+onto the input windows.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .._validate import as_pair, check_float_array, check_same_dtype
+from .im2col import col2im, conv_output_size, im2col
+
+
+def _check_conv_args(x, w, b, stride, padding, dilation):
+    """Validate a convolution's inputs; return the (height, width) pairs of stride, padding and dilation."""
+    check_float_array(x, "x", 4, "(N, C, H, W)")
+    check_float_array(w, "w", 4, "(C_out, C_in, kH, kW)")
+    if b is not None:
+        check_float_array(b, "b", 1, "(C_out,)")
+        if b.shape[0] != w.shape[0]:
+            raise ValueError(f"b has {b.shape[0]} entries but w has {w.shape[0]} output channels")
+    check_same_dtype(x=x, w=w, b=b)
+    if x.shape[1] != w.shape[1]:
+        raise ValueError(f"channel mismatch: x has {x.shape[1]} channels but w expects {w.shape[1]} (w shape {w.shape})")
+    stride, padding, dilation = as_pair(stride, "stride"), as_pair(padding, "padding"), as_pair(dilation, "dilation")
+    if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
+        raise ValueError(f"need stride >= 1, dilation >= 1, padding >= 0; got {stride}, {dilation}, {padding}")
+    for axis, size, k, p, d in (("height", x.shape[2], w.shape[2], padding[0], dilation[0]),
+                                ("width", x.shape[3], w.shape[3], padding[1], dilation[1])):
+        extent = d * (k - 1) + 1
+        if extent > size + 2 * p:
+            raise ValueError(f"kernel {axis} {extent} (k={k}, dilation={d}) is larger than the padded input "
+                             f"{axis} {size + 2 * p} (size {size}, padding {p})")
+    return stride, padding, dilation
+
+
+def _pad(x: np.ndarray, padding: tuple[int, int]) -> np.ndarray:
+    ph, pw = padding
+    if ph == 0 and pw == 0:
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))  # (N, C, H + 2ph, W + 2pw)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reference: the definition, loop by loop.
+# ---------------------------------------------------------------------------------------------------------------
+
+def conv2d_forward_naive(x, w, b=None, *, stride=1, padding=0, dilation=1):
+    """Convolution by its definition. x: (N, C, H, W), w: (F, C, kH, kW), b: (F,) or None -> out (N, F, Ho, Wo)."""
+    stride, padding, dilation = _check_conv_args(x, w, b, stride, padding, dilation)
+    N, C, H, W = x.shape
+    F, _, kh, kw = w.shape
+    (sh, sw), (dh, dw) = stride, dilation
+    Ho = conv_output_size(H, kh, sh, padding[0], dh)
+    Wo = conv_output_size(W, kw, sw, padding[1], dw)
+    x_pad = _pad(x, padding)
+    out = np.zeros((N, F, Ho, Wo), dtype=x.dtype)
+    for n in range(N):
+        for f in range(F):
+            for y in range(Ho):
+                for xo in range(Wo):
+                    window = x_pad[n, :, y * sh:y * sh + dh * (kh - 1) + 1:dh,
+                                   xo * sw:xo * sw + dw * (kw - 1) + 1:dw]  # (C, kH, kW)
+                    out[n, f, y, xo] = np.sum(window * w[f]) + (b[f] if b is not None else 0.0)
+    return out, (x, w, b, stride, padding, dilation)
+
+
+def conv2d_backward_naive(dout, cache):
+    """Every output pixel spreads its gradient back over the window and the filter that made it."""
+    x, w, b, (sh, sw), padding, (dh, dw) = cache
+    N, F, Ho, Wo = dout.shape
+    kh, kw = w.shape[2:]
+    x_pad = _pad(x, padding)
+    dx_pad = np.zeros_like(x_pad)
+    dw_ = np.zeros_like(w)
+    for n in range(N):
+        for f in range(F):
+            for y in range(Ho):
+                for xo in range(Wo):
+                    ys = slice(y * sh, y * sh + dh * (kh - 1) + 1, dh)
+                    xs = slice(xo * sw, xo * sw + dw * (kw - 1) + 1, dw)
+                    dw_[f] += dout[n, f, y, xo] * x_pad[n, :, ys, xs]  # ∂out/∂w[f] = window
+                    dx_pad[n, :, ys, xs] += dout[n, f, y, xo] * w[f]  # ∂out/∂window = w[f]
+    ph, pw = padding
+    dx = dx_pad[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]]
+    db = dout.sum(axis=(0, 2, 3)) if b is not None else None
+    return dx, dw_, db
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fast: im2col + one matrix product (GEMM) per image.
+# ---------------------------------------------------------------------------------------------------------------
+
+def conv2d_forward(x, w, b=None, *, stride=1, padding=0, dilation=1):
+    """2-D convolution. x: (N, C, H, W), w: (F, C, kH, kW), b: (F,) or None -> out (N, F, Ho, Wo), cache.
+
+    The cache keeps the im2col matrix `cols` (N, C·kH·kW, Ho·Wo): the backward needs it for dW, and keeping it turns
+    the backward into two matrix products at the price of holding kH·kW copies of the input until then.
+    """
+    stride, padding, dilation = _check_conv_args(x, w, b, stride, padding, dilation)
+    N, C, H, W = x.shape
+    F, _, kh, kw = w.shape
+    Ho = conv_output_size(H, kh, stride[0], padding[0], dilation[0])
+    Wo = conv_output_size(W, kw, stride[1], padding[1], dilation[1])
+    cols = im2col(_pad(x, padding), (kh, kw), stride, dilation)  # (N, C·kH·kW, Ho·Wo)
+    w_rows = w.reshape(F, C * kh * kw)  # (F, C·kH·kW)
+    out = np.matmul(w_rows, cols)  # (N, F, Ho·Wo): out_n = W @ cols_n
+    if b is not None:
+        out += b[:, None]
+    out = out.reshape(N, F, Ho, Wo)
+    return out, (x.shape, w, b is not None, cols, stride, padding, dilation)
+
+
+def conv2d_backward(dout, cache):
+    """Gradients of a convolution: (dx (N, C, H, W), dw (F, C, kH, kW), db (F,) or None)."""
+    x_shape, w, has_bias, cols, stride, padding, dilation = cache
+    N, C, H, W = x_shape
+    F, _, kh, kw = w.shape
+    Ho, Wo = dout.shape[2:]
+    dout_rows = dout.reshape(N, F, Ho * Wo)  # (N, F, Ho·Wo)
+    dw = np.matmul(dout_rows, cols.transpose(0, 2, 1)).sum(axis=0).reshape(w.shape)  # dW = Σ_n dout_n @ cols_nᵀ
+    db = dout.sum(axis=(0, 2, 3)) if has_bias else None  # db = Σ_{n,y,x} dout
+    dcols = np.matmul(w.reshape(F, C * kh * kw).T, dout_rows)  # (N, C·kH·kW, Ho·Wo): dcols = Wᵀ @ dout
+    ph, pw = padding
+    dx_pad = col2im(dcols, (N, C, H + 2 * ph, W + 2 * pw), (kh, kw), stride, dilation, (Ho, Wo))
+    dx = dx_pad[:, :, ph:ph + H, pw:pw + W]  # drop the padding's gradient: (N, C, H, W)
+    return np.ascontiguousarray(dx), dw, db
