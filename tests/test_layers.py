@@ -275,3 +275,10 @@ def test_other_bad_inputs():
         upsample_nearest_forward(np.zeros((1, 1, 2, 2)))
     with pytest.raises(TypeError, match="float32 or float64"):
         relu_forward(np.arange(4))
+
+
+def test_global_avg_pool(rng):
+    x = rng.standard_normal((2, 3, 4, 5))
+    out, _ = global_avg_pool_forward(x)
+    np.testing.assert_allclose(out, x.mean(axis=(2, 3)))
+    assert check_layer(global_avg_pool_forward, global_avg_pool_backward, [x])["input0"] < TOL

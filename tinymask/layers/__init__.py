@@ -8,5 +8,9 @@ from .conv_transpose import (conv_transpose2d_backward, conv_transpose2d_backwar
                              conv_transpose2d_forward_naive)
 from .linear import linear_backward, linear_forward
 from .norm import frozen_batch_norm_backward, frozen_batch_norm_forward, group_norm_backward, group_norm_forward
-from .pooling import max_pool2d_backward, max_pool2d_forward
+from .pooling import global_avg_pool_backward, global_avg_pool_forward, max_pool2d_backward, max_pool2d_forward
 from .upsample import upsample_nearest_backward, upsample_nearest_forward
+from .multiscale_roi import assign_fpn_levels, infer_scale, multiscale_roi_backward, multiscale_roi_forward
+from .roi_align import roi_align_backward, roi_align_forward
+from .roi_pool import roi_pool_backward, roi_pool_forward
+from .roi_warp import roi_warp_backward, roi_warp_forward

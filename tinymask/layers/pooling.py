@@ -48,3 +48,15 @@ def max_pool2d_backward(dout, cache):
             won = argmax == i * kw + j  # (N, C, Ho, Wo): windows whose max sits at offset (i, j)
             dx_pad[:, :, i:i + sh * (Ho - 1) + 1:sh, j:j + sw * (Wo - 1) + 1:sw] += dout * won
     return dx_pad[:, :, ph:ph + H, pw:pw + W].copy()
+
+
+def global_avg_pool_forward(x):
+    """x: (N, C, H, W) -> out (N, C): the mean over each map. The C4 box head ends this way (ResNet §3.4)."""
+    check_float_array(x, "x", 4, "(N, C, H, W)")
+    return x.mean(axis=(2, 3)), x.shape
+
+
+def global_avg_pool_backward(dout, cache):
+    """Each of the H·W inputs of a mean gets 1/(H·W) of its gradient."""
+    N, C, H, W = cache
+    return np.broadcast_to(dout[:, :, None, None] / (H * W), cache).copy()

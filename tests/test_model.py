@@ -1,0 +1,164 @@
+"""The assembled model: whole-model gradient check, every parameter trained, variants, empty images, bad input."""
+import numpy as np
+import pytest
+
+from tinymask.config import MaskRCNNConfig
+from tinymask.gradcheck import rel_error
+from tinymask.model import LOSS_NAMES, init_params, is_trainable, predict, train_backward, train_forward
+
+
+def tiny_config(**overrides) -> MaskRCNNConfig:
+    """A model small enough for float64 central differences: every component present, a few channels each."""
+    base = dict(num_classes=3, resnet_blocks=[1, 1, 1, 1], stem_channels=4, base_channels=2, width_per_group=64,
+                norm="group_norm", num_groups=2, fpn_channels=4, anchor_sizes=[8, 16, 32, 64, 128],
+                rpn_batch_size_per_image=32, rpn_pre_nms_top_n_train=50, rpn_post_nms_top_n_train=20,
+                rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=20, box_batch_size_per_image=8,
+                box_head_representation=6, box_pool_size=3, mask_pool_size=4, mask_head_layers=[4, 4],
+                mask_mlp_hidden=6, min_size=48, max_size=48)
+    base.update(overrides)
+    return MaskRCNNConfig(**base)
+
+
+def tiny_batch(dtype=np.float64):
+    rng = np.random.default_rng(3)
+    images, targets = [], []
+    for boxes, labels in (([[4, 6, 30, 28], [20, 18, 44, 46]], [1, 2]), ([[10, 8, 40, 30]], [2])):
+        image = rng.random((3, 48, 48)).astype(dtype)
+        masks = np.zeros((len(boxes), 48, 48), np.uint8)
+        for m, (x0, y0, x1, y1) in zip(masks, boxes):
+            m[y0 + 2:y1 - 2, x0 + 1:x1 - 3] = 1
+        images.append(image)
+        targets.append({"boxes": np.array(boxes, dtype), "labels": np.array(labels), "masks": masks})
+    return images, targets
+
+
+def total_loss(losses):
+    return sum(float(v) for v in losses.values())
+
+
+def check_whole_model(cfg, picks_per_param=2, seed=0, max_params=None):
+    """Analytic vs central-difference gradient of the total loss, on a few entries of every parameter."""
+    params = init_params(cfg, seed=seed, dtype=np.float64)
+    for k in params:  # larger predictor weights, so every loss term has a sizeable gradient
+        if "predictor" in k or "cls_logits" in k or "bbox_pred" in k:
+            params[k] = params[k] * 30
+    images, targets = tiny_batch()
+    losses, cache = train_forward(params, cfg, images, targets, np.random.default_rng(0))
+    proposals = cache["proposals"]  # held fixed: the RPN's top-k and NMS are not differentiable
+    grads = train_backward(cache)
+    trainable = {k for k in params if is_trainable(k, cfg)}
+    assert set(grads) == trainable, f"parameters without a gradient: {sorted(trainable - set(grads))}"
+
+    def loss_now():
+        out, _ = train_forward(params, cfg, images, targets, np.random.default_rng(0), proposals=proposals)
+        return total_loss(out)
+
+    rng = np.random.default_rng(1)
+    analytic, numeric, names = [], [], []
+    h = 1e-6
+    names_to_check = sorted(trainable)
+    if max_params is not None:
+        names_to_check = list(rng.choice(names_to_check, size=min(max_params, len(names_to_check)), replace=False))
+    for name in names_to_check:
+        p = params[name]
+        flat, gflat = p.reshape(-1), grads[name].reshape(-1)
+        for i in rng.choice(flat.size, size=min(picks_per_param, flat.size), replace=False):
+            old = flat[i]
+            flat[i] = old + h
+            plus = loss_now()
+            flat[i] = old - h
+            minus = loss_now()
+            flat[i] = old
+            analytic.append(gflat[i])
+            numeric.append((plus - minus) / (2 * h))
+            names.append(name)
+    analytic, numeric = np.array(analytic), np.array(numeric)
+    return rel_error(analytic, numeric), analytic, numeric, names, losses
+
+
+def test_whole_model_gradient_fpn():
+    err, analytic, numeric, names, losses = check_whole_model(tiny_config(), picks_per_param=1)
+    assert all(float(v) > 0 for v in losses.values()), losses
+    worst = np.argsort(-np.abs(analytic - numeric))[:3]
+    assert err <= 1e-6, [(names[i], analytic[i], numeric[i]) for i in worst]
+    # every component contributed non-zero gradients to the check
+    for part in ("body.conv1", "layer1", "layer2", "layer3", "layer4", "fpn", "rpn.head", "box_head",
+                 "box_predictor", "mask_head", "mask_predictor"):
+        assert any(part in n and abs(a) > 0 for n, a in zip(names, analytic)), part
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(mask_loss="softmax"),
+    dict(class_agnostic_mask=True),
+    dict(mask_head="mlp"),
+    dict(roi_extractor="pool"),
+    dict(roi_extractor="warp", roi_mode="max"),
+    dict(roi_extractor="align", roi_mode="max", pooler_aligned=True),
+    dict(norm="frozen_bn"),
+])
+def test_whole_model_gradient_variants(overrides):
+    err, analytic, numeric, names, _ = check_whole_model(tiny_config(**overrides), picks_per_param=1, max_params=24)
+    assert err <= 1e-6, overrides
+
+
+def test_whole_model_gradient_c4():
+    cfg = tiny_config(backbone="c4", anchor_sizes=[8, 16, 32], box_pool_size=4, mask_pool_size=4,
+                      mask_head_layers=[], mask_deconv_channels=4)
+    err, *_ = check_whole_model(cfg, picks_per_param=1)
+    assert err <= 1e-6
+
+
+def test_image_without_objects_trains_background():
+    cfg = tiny_config()
+    params = init_params(cfg, dtype=np.float64)
+    images, targets = tiny_batch()
+    targets[1] = {"boxes": np.zeros((0, 4)), "labels": np.zeros(0, np.int64), "masks": np.zeros((0, 48, 48), np.uint8)}
+    losses, cache = train_forward(params, cfg, images, targets, np.random.default_rng(0))
+    assert all(np.isfinite(float(v)) for v in losses.values())
+    grads = train_backward(cache)
+    assert all(np.all(np.isfinite(g)) for g in grads.values())
+    # a batch of background only
+    losses, cache = train_forward(params, cfg, images[1:], targets[1:], np.random.default_rng(0))
+    assert float(losses["loss_mask"]) == 0.0 and float(losses["loss_box_reg"]) == 0.0
+    assert all(np.isfinite(float(v)) for v in losses.values())
+    train_backward(cache)
+
+
+def test_predict_outputs_in_original_coordinates():
+    cfg = tiny_config(box_score_thresh=0.0)
+    params = init_params(cfg, dtype=np.float32)
+    image = np.random.default_rng(0).random((3, 40, 70)).astype(np.float32)  # resized to 48 on the short side
+    (result,) = predict(params, cfg, [image])
+    D = len(result["scores"])
+    assert result["boxes"].shape == (D, 4) and result["masks"].shape == (D, 40, 70)
+    assert result["masks"].dtype == np.uint8 and set(np.unique(result["masks"])) <= {0, 1}
+    assert np.all(result["boxes"][:, 2] <= 70 + 1e-3) and np.all(result["boxes"][:, 3] <= 40 + 1e-3)
+    assert np.all(np.diff(result["scores"]) <= 0)
+
+
+def test_float32_training_step_is_float32():
+    cfg = tiny_config()
+    params = init_params(cfg, dtype=np.float32)
+    images, targets = tiny_batch(np.float32)
+    losses, cache = train_forward(params, cfg, images, targets, np.random.default_rng(0))
+    grads = train_backward(cache)
+    assert all(g.dtype == np.float32 for g in grads.values())
+    assert set(losses) == set(LOSS_NAMES)
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda im, t: ([im[0][None]] + im[1:], t), r"shape \(3, H, W\)"),
+    (lambda im, t: ([(im[0] * 255).astype(np.uint8)] + im[1:], t), "float32 or float64"),
+    (lambda im, t: ([np.where(im[0] > 0.5, np.nan, im[0])] + im[1:], t), "NaN"),
+    (lambda im, t: (im, [dict(t[0], boxes=t[0]["boxes"][:, [2, 1, 0, 3]])] + t[1:]), "degenerate"),
+    (lambda im, t: (im, [dict(t[0], boxes=t[0]["boxes"] + 30)] + t[1:]), "outside the image"),
+    (lambda im, t: (im, [dict(t[0], masks=t[0]["masks"][:1])] + t[1:]), "one mask per box"),
+    (lambda im, t: (im, [dict(t[0], labels=np.array([1, 3]))] + t[1:]), r"lie in 1..2"),
+    (lambda im, t: (im, t[:1]), "2 images but 1 targets"),
+])
+def test_bad_training_input(mutate, message):
+    cfg = tiny_config()
+    params = init_params(cfg, dtype=np.float64)
+    images, targets = mutate(*tiny_batch())
+    with pytest.raises((ValueError, TypeError), match=message):
+        train_forward(params, cfg, images, targets, np.random.default_rng(0))
