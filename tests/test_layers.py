@@ -6,7 +6,8 @@ from tinymask.gradcheck import check_layer
 from tinymask.layers import (conv2d_backward, conv2d_backward_naive, conv2d_forward, conv2d_forward_naive,
                              conv_transpose2d_backward, conv_transpose2d_backward_naive, conv_transpose2d_forward,
                              conv_transpose2d_forward_naive, frozen_batch_norm_backward, frozen_batch_norm_forward,
-                             group_norm_backward, group_norm_forward, linear_backward, linear_forward,
+                             global_avg_pool_backward, global_avg_pool_forward, group_norm_backward, group_norm_forward,
+                             linear_backward, linear_forward,
                              max_pool2d_backward, max_pool2d_forward, relu_backward, relu_forward, sigmoid_backward,
                              sigmoid_forward, upsample_nearest_backward, upsample_nearest_forward)
 
