@@ -64,3 +64,10 @@ def test_check_loss(rng):
     x = rng.standard_normal(5)
     assert check_loss(lambda z: (np.sum(z ** 2), 2 * z), [x]) < 1e-9
     assert check_loss(lambda z: (np.sum(z ** 2), z), [x]) > 0.1
+
+
+def test_views_are_nudged_in_place(rng):
+    a = rng.standard_normal((3, 4))
+    x = a.T  # not contiguous: a reshape would copy
+    num = numerical_gradient(lambda: np.sum(x ** 2), x)
+    assert rel_error(num, 2 * x) < 1e-9

@@ -77,6 +77,7 @@ DECONV_CASES = [
     ((1, 2, 3, 4), (2, 3, 3, 3), dict(stride=2, padding=1, output_padding=1)),
     ((2, 2, 4, 3), (2, 2, 3, 2), dict(stride=(2, 3), padding=(1, 0), dilation=(2, 1))),
     ((1, 2, 3, 3), (2, 2, 3, 3), dict(stride=1, padding=1)),  # stride 1: the adjoint of a same-size conv
+    ((1, 2, 4, 4), (2, 2, 3, 3), dict(stride=1, dilation=2, output_padding=1)),  # output_padding >= stride
 ]
 
 
@@ -276,6 +277,8 @@ def test_other_bad_inputs():
         upsample_nearest_forward(np.zeros((1, 1, 2, 2)))
     with pytest.raises(TypeError, match="float32 or float64"):
         relu_forward(np.arange(4))
+    with pytest.raises(ValueError, match="stride >= 1"):
+        max_pool2d_forward(np.zeros((1, 1, 4, 4)), kernel_size=2, stride=0)
 
 
 def test_global_avg_pool(rng):

@@ -46,17 +46,15 @@ def numerical_gradient(f: Callable[[], np.ndarray | float], x: np.ndarray, dout=
     """
     if x.dtype != np.float64:
         raise TypeError(f"gradient checks need float64 inputs (float32 rounding swamps the differences), got {x.dtype}")
-    grad = np.zeros_like(x)
-    flat_x = x.reshape(-1)  # a view: writing it writes x
-    flat_g = grad.reshape(-1)
-    for i in range(flat_x.size):
-        old = flat_x[i]
-        flat_x[i] = old + h
+    grad = np.zeros(x.shape, dtype=np.float64)
+    for i in np.ndindex(x.shape):  # index x itself, so that views (x.T, slices) are nudged in place too
+        old = x[i]
+        x[i] = old + h
         plus = np.sum(np.asarray(f()) * (1.0 if dout is None else dout))
-        flat_x[i] = old - h
+        x[i] = old - h
         minus = np.sum(np.asarray(f()) * (1.0 if dout is None else dout))
-        flat_x[i] = old
-        flat_g[i] = (plus - minus) / (2.0 * h)
+        x[i] = old
+        grad[i] = (plus - minus) / (2.0 * h)
     return grad
 
 

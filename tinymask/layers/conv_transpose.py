@@ -135,7 +135,10 @@ def conv_transpose2d_backward(dout, cache):
     _, F, kh, kw = w.shape
     dfull = np.zeros((N, F) + full_hw, dtype=dout.dtype)  # (N, C_out, full_h, full_w)
     dfull[:, :, ph:ph + dout.shape[2], pw:pw + dout.shape[3]] = dout
-    dcols = im2col(dfull, (kh, kw), stride, dilation)  # (N, C_out·kH·kW, H·W): exactly one window per input pixel
+    # The rows and columns that output_padding added are read by no window: cut them, so that im2col finds
+    # exactly one window per input pixel.
+    reach = [(n - 1) * s + d * (k - 1) + 1 for n, s, d, k in zip((H, W), stride, dilation, (kh, kw))]
+    dcols = im2col(dfull[:, :, :reach[0], :reach[1]], (kh, kw), stride, dilation)  # (N, C_out·kH·kW, H·W)
     w_rows = w.reshape(C, F * kh * kw)  # (C_in, C_out·kH·kW)
     dx = np.matmul(w_rows, dcols).reshape(N, C, H, W)  # dx_n = W @ dcols_n
     dw = np.matmul(x.reshape(N, C, H * W), dcols.transpose(0, 2, 1)).sum(axis=0).reshape(w.shape)  # Σ_n x_n @ dcols_nᵀ

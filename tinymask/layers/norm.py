@@ -1,8 +1,8 @@
 """Normalisation layers: frozen batch norm and group norm, forward and backward.
 
 **Frozen batch norm.** Detection backbones are fine-tuned with batches of one or two images per GPU, too few for
-batch statistics, so the pretrained statistics and affine are frozen (Mask R-CNN §3.1, "Implementation details",
-following the ResNet-pretrained practice of Faster R-CNN; torchvision's `FrozenBatchNorm2d`). What remains is a fixed
+batch statistics, so the pretrained statistics and affine are frozen (the practice of the ResNet paper's detection
+experiments, Appendix A, kept by Detectron and torchvision's `FrozenBatchNorm2d`). What remains is a fixed
 per-channel affine map:
 
     y = x · s + (b − μ · s),   s = γ / √(σ² + ε)
@@ -15,7 +15,7 @@ lets the model train from scratch with tiny batches (detectron2's GN baselines; 
     μ_g, σ²_g = mean and (biased) variance of x over (channels of group g, H, W)
     x̂ = (x − μ_g) / √(σ²_g + ε),    y = γ_c · x̂ + β_c
 
-Backward (derivation in docs/layers/group_norm.md), per sample and group with M elements:
+Backward (derivation in docs/layers/norms.md), per sample and group with M elements:
     dx̂ = dout · γ,   dx = (dx̂ − mean(dx̂) − x̂ · mean(dx̂ · x̂)) / √(σ² + ε)
 The cache keeps x̂ and 1/√(σ² + ε): both backward terms are built from them.
 """

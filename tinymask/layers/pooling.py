@@ -1,6 +1,6 @@
 """Max pooling, forward and backward.
 
-Paper: the ResNet stem ends with a 3×3 stride-2 max pool (ResNet §3.4, padding 1); FPN's P6 for the RPN is "a simple
+Paper: the ResNet stem ends with a 3×3 stride-2 max pool (ResNet Table 1, conv2_x; padding 1); FPN's P6 for the RPN is "a simple
 stride-two subsampling of P5" (FPN §4.1), which torchvision writes as a max pool of kernel 1, stride 2.
 
     out[n, c, y, x] = max_{i, j} x_pad[n, c, y·s + i, x·s + j]      (padding with −∞, so it never wins)
@@ -22,6 +22,8 @@ def max_pool2d_forward(x, *, kernel_size, stride=None, padding=0):
     kh, kw = as_pair(kernel_size, "kernel_size")
     sh, sw = as_pair(stride if stride is not None else kernel_size, "stride")
     ph, pw = as_pair(padding, "padding")
+    if min(kh, kw, sh, sw) < 1 or min(ph, pw) < 0:
+        raise ValueError(f"need kernel_size >= 1, stride >= 1, padding >= 0; got {(kh, kw)}, {(sh, sw)}, {(ph, pw)}")
     if ph > kh // 2 or pw > kw // 2:
         raise ValueError(f"padding {(ph, pw)} must be at most half the kernel size {(kh, kw)}")
     N, C, H, W = x.shape
@@ -51,7 +53,7 @@ def max_pool2d_backward(dout, cache):
 
 
 def global_avg_pool_forward(x):
-    """x: (N, C, H, W) -> out (N, C): the mean over each map. The C4 box head ends this way (ResNet §3.4)."""
+    """x: (N, C, H, W) -> out (N, C): the mean over each map. The C4 box head ends this way, as ResNet's classifier does (ResNet Table 1)."""
     check_float_array(x, "x", 4, "(N, C, H, W)")
     return x.mean(axis=(2, 3)), x.shape
 
