@@ -1,0 +1,243 @@
+"""Using a trained model: load it, run it on image files, save pictures and COCO-format results.
+
+*Paper:* He et al., *Mask R-CNN*, ICCV 2017, §3.1 "Inference" (`tinymask.model.predict` does the work; this module
+is the plumbing around it). · *Code:* `tinymask/inference.py` · *Test:* `tests/test_inference.py`
+
+    params, cfg = load_model(checkpoint_dir="runs/shapes")           # config.json + weights.npz
+    params, cfg = load_model(config_path="r50.json", weights_path="maskrcnn_resnet50_fpn_coco.pth")
+    results = run_predict(["a.jpg", "b.png"], checkpoint_dir="runs/shapes", out_dir="out")
+    # out/a.png, out/b.png: the detections drawn; out/results.json: COCO results for all images
+
+Where a model comes from
+------------------------
+A model is a config (`MaskRCNNConfig`, the architecture) plus parameters (a flat `{name: array}` dict whose names
+are torchvision's state-dict names). Two sources:
+
+- a **checkpoint folder** written by tinymask's training loop: `config.json` and `weights.npz` (`weights.save_npz`).
+  The .npz may hold more than the model (an optimizer's momentum buffers, say, under other names): only the entries
+  that `model.init_params(cfg)` also has are taken.
+- a **config JSON plus a weights file**: a tinymask `.npz`, or a `.pth` that `torch.save(model.state_dict())` wrote
+  for torchvision's `maskrcnn_resnet50_fpn` (read without PyTorch by `weights.load_torch_state_dict`, which also drops
+  BatchNorm's `num_batches_tracked` counters and renames old key spellings). Since tinymask uses torchvision's names,
+  frozen batch norm's `weight`, `bias`, `running_mean`, `running_var` line up one for one; a .pth must match the model
+  exactly.
+
+Either way the parameters are checked against the names and shapes `init_params(cfg)` gives (`check_params_match`):
+a missing, unexpected or wrongly shaped entry raises `ParamsMismatchError` listing them all. The parameters keep the
+dtype they were saved in, so a model saved and loaded again predicts bit for bit the same.
+
+COCO results
+------------
+COCO's evaluation reads detections as a JSON list (https://cocodataset.org/#format-results), one entry per instance:
+
+    {"image_id": 7, "category_id": 18, "bbox": [x, y, width, height], "score": 0.93,
+     "segmentation": {"size": [H, W], "counts": "<compressed RLE>"}}
+
+The box changes form: tinymask's `(x0, y0, x1, y1)` becomes `[x0, y0, x1 - x0, y1 - y0]` (continuous coordinates,
+so no "+1"). The network's contiguous labels 1..K become the data set's category ids through `label_to_category_id`
+(`CocoDataset.label_to_category_id`; by default the label itself).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from .config import MaskRCNNConfig
+from .data.coco import read_image_rgb
+from .model import init_params, predict
+from .rle import rle_encode
+from .weights import NPZ_EXTENSIONS, _atomic_write, check_params_match, load_npz, load_weights
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.npz"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading a model.
+# ---------------------------------------------------------------------------------------------------------------
+
+def expected_shapes(cfg: MaskRCNNConfig) -> dict[str, tuple[int, ...]]:
+    """{name: shape} of every parameter a model of this config has (from a throwaway `init_params`)."""
+    return {name: value.shape for name, value in init_params(cfg).items()}
+
+
+def _checkpoint_files(checkpoint_dir) -> tuple[str, str]:
+    """(config path, weights path) inside a checkpoint folder; FileNotFoundError naming whatever is missing."""
+    folder = os.fspath(checkpoint_dir)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"checkpoint folder not found: {folder}")
+    paths = (os.path.join(folder, CONFIG_FILE), os.path.join(folder, WEIGHTS_FILE))
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(f"checkpoint folder {folder} lacks {', '.join(missing)} (a checkpoint holds "
+                                f"{CONFIG_FILE} and {WEIGHTS_FILE})")
+    return paths
+
+
+def _read_params(weights_path: str, shapes: dict) -> dict[str, np.ndarray]:
+    """The model's parameters from a weights file: an .npz keeps only the names the model has; a .pth all of it."""
+    if os.path.splitext(weights_path)[1].lower() in NPZ_EXTENSIONS:
+        stored, _metadata = load_npz(weights_path)
+        return {name: value for name, value in stored.items() if name in shapes}  # drop optimizer state etc.
+    params = load_weights(weights_path)  # .pth: num_batches_tracked already dropped, old spellings renamed
+    return {name: value for name, value in params.items() if not name.endswith("num_batches_tracked")}
+
+
+def load_model(checkpoint_dir=None, config_path=None, weights_path=None) -> tuple[dict, MaskRCNNConfig]:
+    """Load a model: `checkpoint_dir` (holding config.json and weights.npz), or `config_path` and `weights_path`.
+
+    weights_path: a tinymask `.npz` or a torchvision `.pth` state dict (see the module docstring).
+    Returns (params, cfg), ready for `model.predict(params, cfg, images)`.
+    Raises ValueError for a wrong combination of arguments, FileNotFoundError naming a missing file, and
+    `weights.ParamsMismatchError` (listing every missing, unexpected and wrongly shaped parameter) when the weights
+    do not fit the config.
+    """
+    if checkpoint_dir is not None:
+        if config_path is not None or weights_path is not None:
+            raise ValueError("give either checkpoint_dir, or config_path and weights_path, not both")
+        config_path, weights_path = _checkpoint_files(checkpoint_dir)
+    elif config_path is None or weights_path is None:
+        raise ValueError("give checkpoint_dir, or both config_path and weights_path")
+    cfg = MaskRCNNConfig.load(config_path)
+    shapes = expected_shapes(cfg)
+    params = _read_params(os.fspath(weights_path), shapes)
+    try:
+        check_params_match(params, shapes)
+    except ValueError as e:
+        raise type(e)(f"{os.fspath(weights_path)} does not fit the model of {os.fspath(config_path)}:\n{e}") from None
+    return {name: params[name] for name in shapes}, cfg  # in init_params' order
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# COCO results.
+# ---------------------------------------------------------------------------------------------------------------
+
+def _check_binary(masks: np.ndarray) -> None:
+    if masks.dtype.kind == "f" and np.any((masks > 0) & (masks < 1)):
+        raise ValueError("masks hold soft probabilities; binarise them first (predict with mask_threshold=0.5)")
+
+
+def detections_to_coco_results(result: dict, image_id: int, label_to_category_id=None) -> list[dict]:
+    """One image's detections (an entry of `model.predict`) -> COCO results, one dict per instance.
+
+    result:               {"boxes" (D, 4) x0, y0, x1, y1; "scores" (D,); "labels" (D,); "masks" (D, H, W) binary}.
+                          Without "masks" the entries have no "segmentation" (box-only results).
+    image_id:             the image's id in the data set.
+    label_to_category_id: {label: category id}, e.g. `CocoDataset.label_to_category_id`; None: the label itself.
+    Returns [{"image_id", "category_id", "bbox": [x, y, w, h], "score", "segmentation": {"size", "counts": str}}],
+    plain Python numbers, ready for `json.dump`.
+    """
+    boxes = np.asarray(result["boxes"], dtype=np.float64).reshape(-1, 4)  # (D, 4)
+    scores = np.asarray(result["scores"]).reshape(-1)  # (D,)
+    labels = np.asarray(result["labels"]).reshape(-1)  # (D,)
+    masks = result.get("masks")
+    if masks is not None:
+        masks = np.asarray(masks)
+        _check_binary(masks)
+    out = []
+    for k, ((x0, y0, x1, y1), score, label) in enumerate(zip(boxes, scores, labels)):
+        label = int(label)
+        if label_to_category_id is not None and label not in label_to_category_id:
+            raise KeyError(f"label {label} has no entry in label_to_category_id")
+        entry = {"image_id": int(image_id),
+                 "category_id": int(label_to_category_id[label]) if label_to_category_id is not None else label,
+                 "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],  # (x0, y0, x1, y1) -> [x, y, w, h]
+                 "score": float(score)}
+        if masks is not None:
+            entry["segmentation"] = rle_encode(masks[k])  # counts as a str, so the entry is JSON-ready
+        out.append(entry)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Image files in, pictures and results.json out.
+# ---------------------------------------------------------------------------------------------------------------
+
+def read_image(path) -> np.ndarray:
+    """An image file (PNG, JPEG, ...; grayscale, palette and RGBA become RGB) as (3, H, W) float32 in [0, 1].
+
+    Raises FileNotFoundError or ValueError naming the file.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        return read_image_rgb(path)
+    except Exception as e:  # Pillow's UnidentifiedImageError, a truncated file, ...
+        raise ValueError(f"cannot read the image {path}: {type(e).__name__}: {e}") from e
+
+
+def keep_scores_above(result: dict, score_threshold: float) -> dict:
+    """The detections of one image with score >= score_threshold (every array of the dict filtered alike)."""
+    keep = np.asarray(result["scores"]) >= score_threshold  # (D,)
+    return {k: (np.asarray(v)[keep] if k in ("boxes", "scores", "labels", "masks") else v) for k, v in result.items()}
+
+
+def _overlay_names(image_paths: list[str]) -> list[str]:
+    """`<stem>.png` for each image; ValueError if two images would write the same file."""
+    names = [os.path.splitext(os.path.basename(p))[0] + ".png" for p in image_paths]
+    seen = {}
+    for path, name in zip(image_paths, names):
+        if name in seen:
+            raise ValueError(f"{seen[name]} and {path} would both be drawn to {name}; rename one of them")
+        seen[name] = path
+    return names
+
+
+def save_overlay(image: np.ndarray, result: dict, class_names, path) -> None:
+    """Draw one image's detections at (at least) 512 pixels on its long side and write the PNG atomically."""
+    from .visualize import draw_detections, save_figure  # matplotlib is imported only when drawing
+    from matplotlib.figure import Figure
+
+    h, w = image.shape[1:]
+    scale = max(1.0, 512 / max(h, w))  # small images are enlarged so captions stay legible
+    fig = Figure(figsize=(w * scale / 100, h * scale / 100))
+    ax = fig.add_axes((0, 0, 1, 1))  # the image fills the whole picture
+    draw_detections(ax, image, result["boxes"], result["labels"], result["scores"], result.get("masks"),
+                    class_names or None)
+    save_figure(fig, path, dpi=100)
+
+
+def write_json(path, data) -> None:
+    """json.dump to `path`, atomically."""
+    text = json.dumps(data).encode("utf-8")
+    _atomic_write(path, lambda f: f.write(text))
+
+
+def run_predict(image_paths, *, checkpoint_dir=None, config_path=None, weights_path=None, out_dir,
+                score_threshold=0.5, image_ids=None, label_to_category_id=None) -> list[dict]:
+    """Detect and segment image files; write an overlay per image and one COCO results file.
+
+    image_paths:          the image files (PNG, JPEG, ...).
+    checkpoint_dir, config_path, weights_path: the model, as in `load_model`.
+    out_dir:              created if needed; gets `<stem>.png` per image and `results.json` for all of them.
+    score_threshold:      detections scoring below it are neither drawn nor written (0 keeps all that `predict`
+                          returns, which already dropped those below `cfg.box_score_thresh`).
+    image_ids:            the COCO image id of each image; by default its index in `image_paths`.
+    label_to_category_id: {label: category id} for results.json; by default the label itself.
+    Returns the detections per image (as `model.predict` gives them, filtered by score), in `image_paths`' order.
+
+    Every image file is checked to exist before the (slow) model runs; files are written atomically.
+    """
+    image_paths = [os.fspath(p) for p in image_paths]
+    image_ids = list(range(len(image_paths))) if image_ids is None else list(image_ids)
+    if len(image_ids) != len(image_paths):
+        raise ValueError(f"got {len(image_ids)} image_ids for {len(image_paths)} images")
+    for path in image_paths:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"image not found: {path}")
+    overlay_names = _overlay_names(image_paths)
+    params, cfg = load_model(checkpoint_dir, config_path, weights_path)
+    os.makedirs(out_dir, exist_ok=True)
+
+    results, coco_results = [], []
+    for path, image_id, name in zip(image_paths, image_ids, overlay_names):
+        image = read_image(path)  # (3, H, W) float32
+        result = keep_scores_above(predict(params, cfg, [image])[0], score_threshold)
+        save_overlay(image, result, cfg.class_names, os.path.join(out_dir, name))
+        coco_results.extend(detections_to_coco_results(result, image_id, label_to_category_id))
+        results.append(result)
+    write_json(os.path.join(out_dir, "results.json"), coco_results)
+    return results
