@@ -1,9 +1,11 @@
 """The C4 box head: ResNet stage 5 on RoI features, global average pooling, class scores and box deltas.
 
 Paper: Mask R-CNN §3 "Network Architecture" and Fig. 4 (left), following the ResNet paper's Faster R-CNN (He et al.
-2016, Appendix A): with the ResNet-C4 backbone the network up to stage 4 is shared, each RoI's 14×14 features go
-through stage 5 ("res5", stride 2, so 7×7×2048), are average-pooled and fed to the classifier and box regressor. The
-mask branch deconvolves the same res5 output to 14×14 masks (`tinymask.mask_head` with no convs).
+2016, Appendix A): with the ResNet-C4 backbone the network up to stage 4 is shared and stage 5 ("res5") becomes the
+RoI head. Here each RoI's 14×14 features go through res5 with its stride 2 (so 7×7×2048), as in ResNet App. A and
+Detectron; Fig. 4's caption describes a variant that pools 7×7 RoIs and runs res5 at stride 1 — the output size is
+the same. The features are average-pooled and fed to the classifier and box regressor; the mask branch
+deconvolves the same res5 output to 14×14 masks (`tinymask.mask_head` with no convs).
 
 Stage 5's parameters keep the backbone's names, `backbone.body.layer4.*`, since it is the same stage of the same
 ResNet, moved after the RoI pooling.
@@ -21,7 +23,7 @@ STAGE5 = "backbone.body.layer4."
 
 
 def init_predictor_params(in_features: int, num_classes: int, rng, dtype=np.float32) -> dict:
-    """Class scores N(0, 0.01²) and box deltas N(0, 0.001²), zero biases (as torchvision's FastRCNNPredictor)."""
+    """Class scores N(0, 0.01²) and box deltas N(0, 0.001²), zero biases (Detectron / detectron2's init)."""
     return {f"{CLS}.weight": (0.01 * rng.standard_normal((num_classes, in_features))).astype(dtype),
             f"{CLS}.bias": np.zeros(num_classes, dtype),
             f"{BBOX}.weight": (0.001 * rng.standard_normal((4 * num_classes, in_features))).astype(dtype),

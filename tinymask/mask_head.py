@@ -8,7 +8,7 @@ comparable size is 2.1 mask AP worse).
 Loss (§3, "decoupling mask and class prediction"): a per-pixel sigmoid and the average binary cross-entropy on the
 mask of the RoI's ground-truth class only, so that classes do not compete (Table 2b: 5.5 AP better than the
 multinomial softmax across classes, which `mask_loss="softmax"` reproduces). `class_agnostic_mask=True` predicts a
-single mask for all classes (§4: "nearly as effective").
+single mask for all classes (§4.2: "nearly as effective").
 
 Targets: the ground-truth mask of the RoI's matched instance, resampled into the RoI's m×m grid
 (`tinymask.mask_targets.project_masks_on_boxes`). Inference (§3.1): the mask of the predicted class, sigmoid (or

@@ -1,6 +1,6 @@
 """Mask-branch training targets: each positive proposal's ground-truth mask, cropped and resized to M×M.
 
-Paper: He et al., *Mask R-CNN*, ICCV 2017, §3 "Training": "The mask target is the intersection between an RoI and
+Paper: He et al., *Mask R-CNN*, ICCV 2017, §3.1 "Training": "The mask target is the intersection between an RoI and
 its associated ground-truth mask", and the mask loss is defined on M×M (28×28 in the FPN head). Semantics are
 torchvision's `project_masks_on_boxes`: the target is RoIAlign of the binary gt mask (as a float image, one channel)
 over the proposal, output M×M, spatial_scale 1, adaptive sampling (`sampling_ratio=-1`), `aligned=False`. So a

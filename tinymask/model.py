@@ -6,8 +6,9 @@ box offset, Mask R-CNN also outputs a binary mask for each RoI." The multi-task 
 
     L = L_cls + L_box + L_mask                                              (§3)
 
-and the RPN adds its own two terms (Faster R-CNN Eq. 1). All five are trained jointly (§3.1, "Training"); the
-proposals are treated as constants ("approximate joint training", Faster R-CNN §3.2).
+and the RPN adds its own two terms (Faster R-CNN Eq. 1). tinymask trains all five jointly, as torchvision does and
+as the paper's Appendix B ("end-to-end" training, +0.6 mask AP) reports; the paper's main results train the RPN
+separately. The proposals are constants for the heads ("approximate joint training", Faster R-CNN §3.2).
 
 `train_forward` runs the forward pass and returns the five losses and a cache; `train_backward` is the reverse of it,
 written out in order: mask loss → mask head → RoIAlign → pyramid; box loss → box head → RoIAlign → pyramid; RPN losses
@@ -58,7 +59,7 @@ def num_anchors_per_cell(cfg: MaskRCNNConfig) -> int:
 
 
 def is_trainable(name: str, cfg: MaskRCNNConfig) -> bool:
-    """Frozen batch norm's four per-channel arrays are constants (§3.1); everything else is learned."""
+    """Frozen batch norm's four per-channel arrays are constants (ResNet App. A, Detectron); everything else learns."""
     if name.endswith(("running_mean", "running_var", "num_batches_tracked")):
         return False
     if cfg.norm == "frozen_bn" and name.startswith("backbone.body.") and (".bn" in name or ".downsample.1." in name):

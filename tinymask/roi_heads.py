@@ -29,8 +29,8 @@ CLS, BBOX = "roi_heads.box_predictor.cls_score", "roi_heads.box_predictor.bbox_p
 
 
 def init_box_head_params(in_features: int, representation: int, num_classes: int, rng, dtype=np.float32) -> dict:
-    """fc6/fc7: PyTorch's nn.Linear default (uniform ±1/√fan_in); predictor: N(0, 0.01²) scores and N(0, 0.001²)
-    deltas with zero biases (torchvision / Detectron's FastRCNNPredictor init)."""
+    """fc6/fc7: uniform ±1/√fan_in (PyTorch's nn.Linear weight default) with zero biases; predictor: N(0, 0.01²)
+    scores and N(0, 0.001²) deltas with zero biases (Detectron / detectron2's FastRCNNOutputLayers init)."""
     def uniform(shape):
         bound = 1.0 / np.sqrt(shape[-1])
         return rng.uniform(-bound, bound, shape).astype(dtype)

@@ -3,7 +3,8 @@
 Paper: Ren et al., *Faster R-CNN*, NeurIPS 2015, §3.1 — a small network slides over the feature map: a 3×3 conv
 (+ ReLU), then two sibling 1×1 convs giving, for each of the A anchors of each cell, an objectness logit and four box
 deltas. With FPN (Lin et al. 2017, §4.1) the same head (shared weights) runs on every level P2..P6, one anchor size
-per level; Mask R-CNN uses it unchanged (§3.1: "the RPN ... shares features with Mask R-CNN").
+per level; Mask R-CNN uses it unchanged. (The paper's main results train the RPN separately, §3.1; tinymask trains
+it jointly with the heads, the paper's Appendix B "end-to-end" setting, as torchvision does.)
 
 Training (Faster R-CNN §3.1.2–3.1.3): each anchor is labelled positive (IoU ≥ 0.7 with a ground-truth box, or the
 best anchor of some box), negative (IoU < 0.3) or ignored; 256 anchors per image are sampled at up to 1:1; the loss

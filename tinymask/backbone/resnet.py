@@ -60,7 +60,7 @@ class ResNetConfig:
     stem_channels: int = 64  # ResNet Table 1, conv1: "7×7, 64, stride 2"
     base_channels: int = 64  # planes of stage C2; doubled per stage (Table 1: 64, 128, 256, 512)
     width_per_group: int = 64  # inner width = planes · width_per_group / 64 (torchvision's `base_width`; 64 = ResNet)
-    norm: str = "frozen_bn"  # Mask R-CNN Sec. 3.1 freezes BN; "group_norm" (Wu & He, ECCV 2018) trains from scratch
+    norm: str = "frozen_bn"  # frozen BN as in ResNet App. A / Detectron; "group_norm" (Wu & He, ECCV 2018) trains from scratch
     num_groups: int = 32  # Wu & He Sec. 3.1: G = 32 groups
     eps: float = 1e-5  # both norms' ε (torchvision's FrozenBatchNorm2d and GroupNorm defaults)
     stride_in_1x1: bool = False  # False: stride in the 3×3 (torchvision, "ResNet v1.5"); True: in the first 1×1
