@@ -1,0 +1,146 @@
+"""The step-through notebooks run from top to bottom, carry no outputs, and stay in step with their generator.
+
+The notebooks in notebooks/ are written by `notebooks/build_notebooks.py` (cells as Python strings, so that a change
+is a readable diff). These tests check:
+
+- every notebook is committed without outputs or execution counts (outputs belong to a reader's run, not to git);
+- the first code cell sets `SMOKE` from the environment variable TINYMASK_SMOKE;
+- the committed .ipynb files are exactly what the generator writes (`build_notebooks.py --check`);
+- every local link and code reference in the notebooks' Markdown and in notebooks/README.md resolves, with the rules
+  of tests/test_docs.py (a "(planned)" mark for things that do not exist yet);
+- (slow) every notebook executes without error in smoke mode (TINYMASK_SMOKE=1, matplotlib's Agg backend), within
+  a per-notebook time limit, in a Jupyter kernel running this interpreter.
+
+The execution test needs nbformat, nbclient and ipykernel (`pip install -e ".[notebooks]"`); without them it skips.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK_DIR = ROOT / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+SMOKE_LINE = 'SMOKE = os.environ.get("TINYMASK_SMOKE") == "1"'
+#: Wall-clock limit for one notebook in smoke mode. Each runs in well under a minute on a 2-core machine; the margin
+#: is for busy CI runners.
+SMOKE_SECONDS = 240
+
+
+def load_notebook(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def code_cells(nb: dict) -> list[dict]:
+    return [c for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+def source(cell: dict) -> str:
+    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+
+
+def ids(paths):
+    return [p.stem for p in paths]
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "notebooks/ holds no .ipynb files"
+    assert (NOTEBOOK_DIR / "build_notebooks.py").is_file()
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids(NOTEBOOKS))
+def test_no_outputs_committed(path):
+    nb = load_notebook(path)
+    dirty = [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code"
+             and (c.get("outputs") or c.get("execution_count") is not None)]
+    assert not dirty, (f"{path.name}: cells {dirty} carry outputs or execution counts; regenerate it with "
+                       f"python notebooks/build_notebooks.py (never commit an executed notebook)")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids(NOTEBOOKS))
+def test_first_code_cell_reads_the_smoke_switch(path):
+    cells = code_cells(load_notebook(path))
+    assert cells and SMOKE_LINE in source(cells[0]), f"{path.name}: the first code cell must set {SMOKE_LINE}"
+
+
+def test_notebooks_match_their_generator():
+    pytest.importorskip("nbformat")
+    result = subprocess.run([sys.executable, str(NOTEBOOK_DIR / "build_notebooks.py"), "--check"],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _docs_checker():
+    """tests/test_docs.py's reference scanner, loaded under another name (so pytest does not collect it twice)."""
+    spec = importlib.util.spec_from_file_location("_notebook_docs_checker", ROOT / "tests" / "test_docs.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up while it is being created
+    spec.loader.exec_module(module)
+    return module
+
+
+def notebook_refs():
+    """Every checked reference in the notebooks' Markdown cells and in notebooks/README.md."""
+    docs = _docs_checker()
+    refs = []
+    for path in NOTEBOOKS:
+        text = "\n".join(source(c) for c in load_notebook(path)["cells"] if c["cell_type"] == "markdown")
+        refs += docs.find_refs(text, str(path.relative_to(ROOT)))
+    readme = NOTEBOOK_DIR / "README.md"
+    if readme.exists():
+        refs += docs.find_refs(readme.read_text(encoding="utf-8"), str(readme.relative_to(ROOT)))
+    return docs, refs
+
+
+def test_notebook_references_exist():
+    docs, refs = notebook_refs()
+    assert refs, "the scanner found no references in the notebooks"
+    broken = [f"{r.where()} — {reason}" for r in refs if not r.planned and (reason := docs.check(r))]
+    assert not broken, "broken references in the notebooks:\n  " + "\n  ".join(broken)
+
+
+def test_planned_notebook_references_are_still_missing():
+    docs, refs = notebook_refs()
+    landed = [r.where() for r in refs if r.planned and r.kind in ("path", "link") and docs.check(r) is None]
+    assert not landed, "marked (planned) but now exist; remove the mark:\n  " + "\n  ".join(landed)
+
+
+@pytest.fixture
+def kernel_env(tmp_path, monkeypatch):
+    """A 'python3' kernelspec that runs this interpreter, found first; smoke mode; a display-free backend."""
+    pytest.importorskip("ipykernel")
+    spec_dir = tmp_path / "kernels" / "python3"
+    spec_dir.mkdir(parents=True)
+    (spec_dir / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (tinymask tests)", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))  # searched before the user's and the system's kernelspecs
+    monkeypatch.setenv("TINYMASK_SMOKE", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    monkeypatch.delenv("TINYMASK_CHECKPOINT", raising=False)  # the notebooks must train their own small model
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # their training runs' folders go where pytest cleans up
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids(NOTEBOOKS))
+def test_notebook_runs_in_smoke_mode(path, kernel_env):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(str(path), as_version=4)
+    client = nbclient.NotebookClient(nb, timeout=SMOKE_SECONDS, kernel_name="python3",
+                                     resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
+    start = time.perf_counter()
+    try:
+        client.execute()
+    except nbclient.exceptions.CellExecutionError as e:
+        pytest.fail(f"{path.name} failed in smoke mode:\n{e}", pytrace=False)
+    elapsed = time.perf_counter() - start
+    assert elapsed < SMOKE_SECONDS, f"{path.name} took {elapsed:.0f} s in smoke mode (limit {SMOKE_SECONDS} s)"
