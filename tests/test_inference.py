@@ -12,18 +12,12 @@ from tinymask.inference import (detections_to_coco_results, expected_shapes, kee
 from tinymask.model import init_params, predict
 from tinymask.rle import rle_decode
 from tinymask.weights import ParamsMismatchError, save_npz
+from tiny import tiny_config as _tiny
 
 
 def tiny_config(**overrides) -> MaskRCNNConfig:
-    """As tests/test_model.py: every component present, a few channels each; class names for the captions."""
-    base = dict(num_classes=3, resnet_blocks=[1, 1, 1, 1], stem_channels=4, base_channels=2, width_per_group=64,
-                norm="group_norm", num_groups=2, fpn_channels=4, anchor_sizes=[8, 16, 32, 64, 128],
-                rpn_batch_size_per_image=32, rpn_pre_nms_top_n_train=50, rpn_post_nms_top_n_train=20,
-                rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=20, box_batch_size_per_image=8,
-                box_head_representation=6, box_pool_size=3, mask_pool_size=4, mask_head_layers=[4, 4],
-                mask_mlp_hidden=6, min_size=48, max_size=48, class_names=["background", "square", "circle"])
-    base.update(overrides)
-    return MaskRCNNConfig(**base)
+    """tests/tiny.py's model, with class names for the captions."""
+    return _tiny(**{"class_names": ["background", "square", "circle"], **overrides})
 
 
 def make_checkpoint(folder, cfg, seed=1, extra=None):

@@ -5,18 +5,7 @@ import pytest
 from tinymask.config import MaskRCNNConfig
 from tinymask.gradcheck import rel_error
 from tinymask.model import LOSS_NAMES, init_params, is_trainable, predict, train_backward, train_forward
-
-
-def tiny_config(**overrides) -> MaskRCNNConfig:
-    """A model small enough for float64 central differences: every component present, a few channels each."""
-    base = dict(num_classes=3, resnet_blocks=[1, 1, 1, 1], stem_channels=4, base_channels=2, width_per_group=64,
-                norm="group_norm", num_groups=2, fpn_channels=4, anchor_sizes=[8, 16, 32, 64, 128],
-                rpn_batch_size_per_image=32, rpn_pre_nms_top_n_train=50, rpn_post_nms_top_n_train=20,
-                rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=20, box_batch_size_per_image=8,
-                box_head_representation=6, box_pool_size=3, mask_pool_size=4, mask_head_layers=[4, 4],
-                mask_mlp_hidden=6, min_size=48, max_size=48)
-    base.update(overrides)
-    return MaskRCNNConfig(**base)
+from tiny import tiny_config
 
 
 def tiny_batch(dtype=np.float64):

@@ -10,20 +10,11 @@ from tinymask.config import MaskRCNNConfig
 from tinymask.data import ShapesDataset
 from tinymask.train import (ProgressBar, Recipe, TrainingDiverged, batch_for_iteration, load_batch, load_checkpoint,
                             resolve_checkpoint, save_checkpoint, train)
-
-CLASSES = ["background", "square", "circle", "triangle"]
-
+from tiny import tiny_shapes_config
 
 def tiny_config(**overrides) -> MaskRCNNConfig:
-    """tests/test_model.py's tiny model, with the shapes data set's four classes."""
-    base = dict(num_classes=4, class_names=CLASSES, resnet_blocks=[1, 1, 1, 1], stem_channels=4, base_channels=2,
-                width_per_group=64, norm="group_norm", num_groups=2, fpn_channels=4,
-                anchor_sizes=[8, 16, 32, 64, 128], rpn_batch_size_per_image=32, rpn_pre_nms_top_n_train=50,
-                rpn_post_nms_top_n_train=20, rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=20,
-                box_batch_size_per_image=8, box_head_representation=6, box_pool_size=3, mask_pool_size=4,
-                mask_head_layers=[4, 4], mask_mlp_hidden=6, min_size=48, max_size=48)
-    base.update(overrides)
-    return MaskRCNNConfig(**base)
+    """tests/tiny.py's model with the shapes data set's four classes."""
+    return tiny_shapes_config(**overrides)
 
 
 @pytest.fixture(scope="module")
