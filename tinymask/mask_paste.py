@@ -23,6 +23,7 @@ import numpy as np
 from tinymask._validate import check_finite, check_float_array, check_same_dtype
 from tinymask.boxes import _check_hw, check_boxes
 from tinymask.interpolate import bilinear_resize
+from tinymask.ops import get_ops
 
 
 def expand_boxes(boxes: np.ndarray, scale: float) -> np.ndarray:
@@ -34,13 +35,16 @@ def expand_boxes(boxes: np.ndarray, scale: float) -> np.ndarray:
     return np.stack([ctr_x - half_w, ctr_y - half_h, ctr_x + half_w, ctr_y + half_h], axis=1)  # (N, 4)
 
 
-def paste_masks_in_image(masks: np.ndarray, boxes: np.ndarray, image_hw, padding: int = 1) -> np.ndarray:
+def paste_masks_in_image(masks: np.ndarray, boxes: np.ndarray, image_hw, padding: int = 1, *,
+                         backend: str | None = None) -> np.ndarray:
     """Paste each detection's mask into a full image.
 
     masks:    (N, M, M) or (N, 1, M, M) soft masks (the mask head's sigmoid outputs for each detection's class).
     boxes:    (N, 4) detection boxes `(x0, y0, x1, y1)` in the coordinates of the target image.
     image_hw: (H, W) of the target image.
     padding:  zero pixels added around each mask before resizing (torchvision: 1).
+    backend:  "numpy" (`paste_masks_numpy` below), "numba" or "cuda" for steps 4-5 (default: the selected one,
+              tinymask/backend.py).
 
     Returns (N, H, W) soft masks in the dtype of `masks`, zero outside each pasted box. N = 0 gives (0, H, W).
     Unlike torchvision (which fails there), a box entirely outside the image gives an all-zero mask.
@@ -60,14 +64,20 @@ def paste_masks_in_image(masks: np.ndarray, boxes: np.ndarray, image_hw, padding
         raise ValueError(f"padding must be a non-negative int, got {padding!r}")
 
     n, m = masks.shape[0], masks.shape[-1]
-    out = np.zeros((n, im_h, im_w), dtype=masks.dtype)  # (N, H, W)
     if n == 0:
-        return out
+        return np.zeros((0, im_h, im_w), dtype=masks.dtype)
     padded = np.pad(masks, ((0, 0), (padding, padding), (padding, padding)))  # (N, M + 2p, M + 2p)
     scale = (m + 2 * padding) / m  # enlarge the box as the mask was enlarged
     int_boxes = np.trunc(expand_boxes(boxes, scale)).astype(np.int64)  # (N, 4) towards zero, as a C cast
 
-    for k in range(n):
+    return get_ops(backend).paste_masks(padded, int_boxes, (im_h, im_w))  # steps 4 and 5: (N, H, W)
+
+
+def paste_masks_numpy(padded: np.ndarray, int_boxes: np.ndarray, image_hw) -> np.ndarray:
+    """Steps 4 and 5, the "numpy" backend's kernel: padded (N, P, P) masks, int_boxes (N, 4) -> (N, H, W)."""
+    im_h, im_w = image_hw
+    out = np.zeros((padded.shape[0], im_h, im_w), dtype=padded.dtype)  # (N, H, W)
+    for k in range(padded.shape[0]):
         x0, y0, x1, y1 = (int(v) for v in int_boxes[k])
         w = max(x1 - x0 + 1, 1)  # inclusive pixel indices, at least one pixel
         h = max(y1 - y0 + 1, 1)

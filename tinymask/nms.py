@@ -22,6 +22,7 @@ import numpy as np
 
 from tinymask._validate import check_finite, check_float_array, check_same_dtype
 from tinymask.boxes import check_boxes
+from tinymask.ops import get_ops
 
 
 def _check_nms_inputs(boxes, scores, iou_threshold):
@@ -35,16 +36,22 @@ def _check_nms_inputs(boxes, scores, iou_threshold):
         raise TypeError(f"iou_threshold must be a finite number, got {iou_threshold!r}")
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, *, backend: str | None = None) -> np.ndarray:
     """Greedy NMS.
 
     boxes:  (N, 4) `(x0, y0, x1, y1)`.
     scores: (N,) same dtype as boxes.
     iou_threshold: suppress a box when its IoU with a kept, higher-scoring box is > this.
+    backend: "numpy" (`nms_numpy` below), "numba" or "cuda" (default: the selected one, tinymask/backend.py).
 
     Returns `keep`, (K,) int64 indices into `boxes`, by decreasing score (ties: lower index first).
     """
     _check_nms_inputs(boxes, scores, iou_threshold)
+    return get_ops(backend).nms(boxes, scores, iou_threshold)
+
+
+def nms_numpy(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy NMS on validated inputs, the "numpy" backend's kernel: one row of IoUs per kept box."""
     x0, y0, x1, y1 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]  # (N,) each
     areas = (x1 - x0) * (y1 - y0)  # (N,)
     order = np.argsort(-scores, kind="stable")  # (N,) best first, ties by index
@@ -61,10 +68,12 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     return np.asarray(keep, dtype=np.int64)  # (K,)
 
 
-def batched_nms(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, iou_threshold: float) -> np.ndarray:
+def batched_nms(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, iou_threshold: float, *,
+                backend: str | None = None) -> np.ndarray:
     """NMS within each group independently (a loop over the distinct group ids).
 
     boxes:  (N, 4); scores: (N,); groups: (N,) integer group of each box (class label or FPN level).
+    backend: as for `nms`.
 
     Returns `keep`, (K,) int64 indices into `boxes`, all groups together, by decreasing score (ties: lower index
     first).
@@ -78,7 +87,7 @@ def batched_nms(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, iou_t
     kept = [np.zeros((0,), dtype=np.int64)]
     for g in np.unique(groups):
         members = np.flatnonzero(groups == g)  # (N_g,) indices of this group's boxes, increasing
-        kept.append(members[nms(boxes[members], scores[members], iou_threshold)])
+        kept.append(members[nms(boxes[members], scores[members], iou_threshold, backend=backend)])
     keep = np.concatenate(kept)  # (K,) grouped
     keep.sort()  # by index, so the stable sort below breaks score ties by index
     return keep[np.argsort(-scores[keep], kind="stable")]  # (K,) by decreasing score

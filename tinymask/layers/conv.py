@@ -22,7 +22,8 @@ from __future__ import annotations
 import numpy as np
 
 from .._validate import as_pair, check_float_array, check_same_dtype
-from .im2col import col2im, conv_output_size, im2col
+from ..ops import get_ops
+from .im2col import conv_output_size
 
 
 def _check_conv_args(x, w, b, stride, padding, dilation):
@@ -105,37 +106,41 @@ def conv2d_backward_naive(dout, cache):
 # Fast: im2col + one matrix product (GEMM) per image.
 # ---------------------------------------------------------------------------------------------------------------
 
-def conv2d_forward(x, w, b=None, *, stride=1, padding=0, dilation=1):
+def conv2d_forward(x, w, b=None, *, stride=1, padding=0, dilation=1, backend=None):
     """2-D convolution. x: (N, C, H, W), w: (F, C, kH, kW), b: (F,) or None -> out (N, F, Ho, Wo), cache.
 
     The cache keeps the im2col matrix `cols` (N, C·kH·kW, Ho·Wo): the backward needs it for dW, and keeping it turns
     the backward into two matrix products at the price of holding kH·kW copies of the input until then.
+    backend: where im2col, col2im and the matrix products run ("numpy", "numba", "cuda"; default the selected one,
+    tinymask/backend.py); the NumPy versions are `im2col.py`'s. The backward runs on the forward's backend.
     """
     stride, padding, dilation = _check_conv_args(x, w, b, stride, padding, dilation)
     N, C, H, W = x.shape
     F, _, kh, kw = w.shape
     Ho = conv_output_size(H, kh, stride[0], padding[0], dilation[0])
     Wo = conv_output_size(W, kw, stride[1], padding[1], dilation[1])
-    cols = im2col(_pad(x, padding), (kh, kw), stride, dilation)  # (N, C·kH·kW, Ho·Wo)
+    ops = get_ops(backend)  # im2col and matmul of the selected backend (tinymask/ops/)
+    cols = ops.im2col(_pad(x, padding), (kh, kw), stride, dilation)  # (N, C·kH·kW, Ho·Wo)
     w_rows = w.reshape(F, C * kh * kw)  # (F, C·kH·kW)
-    out = np.matmul(w_rows, cols)  # (N, F, Ho·Wo): out_n = W @ cols_n
+    out = ops.matmul(w_rows, cols)  # (N, F, Ho·Wo): out_n = W @ cols_n
     if b is not None:
         out += b[:, None]
     out = out.reshape(N, F, Ho, Wo)
-    return out, (x.shape, w, b is not None, cols, stride, padding, dilation)
+    return out, (x.shape, w, b is not None, cols, stride, padding, dilation, ops.NAME)
 
 
 def conv2d_backward(dout, cache):
     """Gradients of a convolution: (dx (N, C, H, W), dw (F, C, kH, kW), db (F,) or None)."""
-    x_shape, w, has_bias, cols, stride, padding, dilation = cache
+    x_shape, w, has_bias, cols, stride, padding, dilation, backend = cache
+    ops = get_ops(backend)  # the forward's backend
     N, C, H, W = x_shape
     F, _, kh, kw = w.shape
     Ho, Wo = dout.shape[2:]
     dout_rows = dout.reshape(N, F, Ho * Wo)  # (N, F, Ho·Wo)
-    dw = np.matmul(dout_rows, cols.transpose(0, 2, 1)).sum(axis=0).reshape(w.shape)  # dW = Σ_n dout_n @ cols_nᵀ
+    dw = ops.matmul(dout_rows, cols.transpose(0, 2, 1)).sum(axis=0).reshape(w.shape)  # dW = Σ_n dout_n @ cols_nᵀ
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None  # db = Σ_{n,y,x} dout
-    dcols = np.matmul(w.reshape(F, C * kh * kw).T, dout_rows)  # (N, C·kH·kW, Ho·Wo): dcols = Wᵀ @ dout
+    dcols = ops.matmul(w.reshape(F, C * kh * kw).T, dout_rows)  # (N, C·kH·kW, Ho·Wo): dcols = Wᵀ @ dout
     ph, pw = padding
-    dx_pad = col2im(dcols, (N, C, H + 2 * ph, W + 2 * pw), (kh, kw), stride, dilation, (Ho, Wo))
+    dx_pad = ops.col2im(dcols, (N, C, H + 2 * ph, W + 2 * pw), (kh, kw), stride, dilation, (Ho, Wo))
     dx = dx_pad[:, :, ph:ph + H, pw:pw + W]  # drop the padding's gradient: (N, C, H, W)
     return np.ascontiguousarray(dx), dw, db

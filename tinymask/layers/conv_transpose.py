@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._validate import as_pair, check_float_array, check_same_dtype
-from .im2col import col2im, im2col
+from ..ops import get_ops
 
 
 def _check_args(x, w, b, stride, padding, output_padding, dilation):
@@ -108,29 +108,32 @@ def conv_transpose2d_backward_naive(dout, cache):
 # Fast: one matrix product, then col2im.
 # ---------------------------------------------------------------------------------------------------------------
 
-def conv_transpose2d_forward(x, w, b=None, *, stride=1, padding=0, output_padding=0, dilation=1):
+def conv_transpose2d_forward(x, w, b=None, *, stride=1, padding=0, output_padding=0, dilation=1, backend=None):
     """Transposed convolution. x: (N, C_in, H, W), w: (C_in, C_out, kH, kW), b: (C_out,) or None.
 
     Returns out (N, C_out, Ho, Wo) and a cache that keeps `x` (the backward's dW needs it; it is small, the input of
-    an upsampling layer).
+    an upsampling layer). backend: where col2im, im2col and the matrix products run (default the selected one,
+    tinymask/backend.py); the backward runs on the forward's backend.
     """
     stride, padding, output_padding, dilation, (Ho, Wo) = _check_args(x, w, b, stride, padding, output_padding, dilation)
     N, C, H, W = x.shape
     _, F, kh, kw = w.shape
-    cols = np.matmul(w.reshape(C, F * kh * kw).T, x.reshape(N, C, H * W))  # (N, C_out·kH·kW, H·W) = Wᵀ @ x_n
+    ops = get_ops(backend)  # col2im and matmul of the selected backend (tinymask/ops/)
+    cols = ops.matmul(w.reshape(C, F * kh * kw).T, x.reshape(N, C, H * W))  # (N, C_out·kH·kW, H·W) = Wᵀ @ x_n
     full_hw = (_full_size(H, kh, stride[0], dilation[0], output_padding[0]),
                _full_size(W, kw, stride[1], dilation[1], output_padding[1]))
-    full = col2im(cols, (N, F) + full_hw, (kh, kw), stride, dilation, (H, W))  # (N, C_out, full_h, full_w)
+    full = ops.col2im(cols, (N, F) + full_hw, (kh, kw), stride, dilation, (H, W))  # (N, C_out, full_h, full_w)
     ph, pw = padding
     out = np.ascontiguousarray(full[:, :, ph:ph + Ho, pw:pw + Wo])  # (N, C_out, Ho, Wo)
     if b is not None:
         out += b[None, :, None, None]
-    return out, (x, w, b is not None, stride, padding, full_hw, dilation)
+    return out, (x, w, b is not None, stride, padding, full_hw, dilation, ops.NAME)
 
 
 def conv_transpose2d_backward(dout, cache):
     """Gradients of a transposed convolution: (dx, dw, db) — a plain convolution of dout with the same kernel."""
-    x, w, has_bias, stride, (ph, pw), full_hw, dilation = cache
+    x, w, has_bias, stride, (ph, pw), full_hw, dilation, backend = cache
+    ops = get_ops(backend)  # the forward's backend
     N, C, H, W = x.shape
     _, F, kh, kw = w.shape
     dfull = np.zeros((N, F) + full_hw, dtype=dout.dtype)  # (N, C_out, full_h, full_w)
@@ -138,9 +141,9 @@ def conv_transpose2d_backward(dout, cache):
     # The rows and columns that output_padding added are read by no window: cut them, so that im2col finds
     # exactly one window per input pixel.
     reach = [(n - 1) * s + d * (k - 1) + 1 for n, s, d, k in zip((H, W), stride, dilation, (kh, kw))]
-    dcols = im2col(dfull[:, :, :reach[0], :reach[1]], (kh, kw), stride, dilation)  # (N, C_out·kH·kW, H·W)
+    dcols = ops.im2col(dfull[:, :, :reach[0], :reach[1]], (kh, kw), stride, dilation)  # (N, C_out·kH·kW, H·W)
     w_rows = w.reshape(C, F * kh * kw)  # (C_in, C_out·kH·kW)
-    dx = np.matmul(w_rows, dcols).reshape(N, C, H, W)  # dx_n = W @ dcols_n
-    dw = np.matmul(x.reshape(N, C, H * W), dcols.transpose(0, 2, 1)).sum(axis=0).reshape(w.shape)  # Σ_n x_n @ dcols_nᵀ
+    dx = ops.matmul(w_rows, dcols).reshape(N, C, H, W)  # dx_n = W @ dcols_n
+    dw = ops.matmul(x.reshape(N, C, H * W), dcols.transpose(0, 2, 1)).sum(axis=0).reshape(w.shape)  # Σ x_n @ dcols_nᵀ
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
     return dx, dw, db

@@ -60,6 +60,12 @@ interpolation matrices (A_y, A_x for avg; S_y, S_x and each bin's arg-max sample
 features: the avg backward does not need them, and the max backward needs only which sample won. Recomputing the
 matrices would be cheap too; keeping them means the backward is two matrix products per RoI and nothing else.
 
+**Backends.** `roi_align_forward_numpy` / `roi_align_backward_numpy` at the end of this file are the code described
+above; the public pair validates its inputs and hands them to the selected backend (tinymask/backend.py). The compiled
+kernels use the same scalar helpers: Numba computes the same `A_y F A_xᵀ` with the feature map channels last
+(tinymask/ops/numba_ops.py), CUDA samples point by point (tinymask/ops/cuda_ops.py), and both keep only each bin's
+winning sample for the max backward and recompute the geometry (docs/performance.md).
+
 The scalar maths (`roi_bins_1d`, `sample_coords`, `linear_interp_1d`) are plain functions, written once: the NumPy
 code calls them on arrays, and a Numba kernel can call them on scalars (`numba.njit(linear_interp_1d)` compiles
 unchanged; tests/test_roi_align.py checks it).
@@ -71,6 +77,7 @@ import math
 import numpy as np
 
 from .._validate import as_pair, check_float_array
+from ..ops import get_ops
 
 MODES = ("avg", "max")
 OUTSIDE = ("zero", "edge")
@@ -117,7 +124,7 @@ def linear_interp_1d(t, size, zero_outside=True):
     """
     inside = (t >= -1.0) & (t <= size)  # more than one cell outside the map?
     t = np.minimum(np.maximum(t, 0.0), size - 1.0)  # clamp into the map
-    low = np.floor(t)
+    low = t // 1.0  # floor(t), written as // because numba-cuda has no np.floor (t >= 0 here, so this is exact)
     frac = t - low  # ly = y - floor(y)
     high = np.minimum(low + 1.0, size - 1.0)
     w_low = 1.0 - frac  # hy = 1 - ly
@@ -212,7 +219,8 @@ def _check_mode(mode):
 # --------------------------------------------------------------------------------------------------------------------
 
 def roi_align_forward(
-    features, rois, *, output_size, spatial_scale, sampling_ratio=-1, aligned=False, mode="avg", outside="zero"
+    features, rois, *, output_size, spatial_scale, sampling_ratio=-1, aligned=False, mode="avg", outside="zero",
+    backend=None,
 ):
     """RoIAlign: features (N, C, H, W), rois (K, 5) `[batch_index, x0, y0, x1, y1]` -> out (K, C, oh, ow), cache.
 
@@ -220,6 +228,7 @@ def roi_align_forward(
     per bin along each axis, or `<= 0` for adaptive `ceil(roi_size / output_size)`. aligned: subtract half a cell
     after scaling (see the module docstring). mode: "avg" (paper, torchvision) or "max". outside: what a sample more
     than one cell outside the map reads, "zero" (torchvision's kernels) or "edge" (torchvision's pure-Python path).
+    backend: "numpy" (the code below), "numba" or "cuda" (default: the selected one, tinymask/backend.py).
     """
     rois, batch, (oh, ow) = check_roi_inputs(features, rois, output_size, spatial_scale)
     _check_mode(mode)
@@ -227,9 +236,30 @@ def roi_align_forward(
         raise TypeError(f"sampling_ratio must be an int (<= 0 for adaptive), got {sampling_ratio!r}")
     if outside not in OUTSIDE:
         raise ValueError(f"outside must be one of {OUTSIDE}, got {outside!r}")
-    zero_outside = outside == "zero"
+    geometry = (rois, batch, (oh, ow), spatial_scale, int(sampling_ratio), bool(aligned), mode, outside == "zero")
+    ops = get_ops(backend)  # roi_align_forward_numpy below, or a compiled kernel (tinymask/ops/)
+    out, saved = ops.roi_align_forward(features, *geometry)  # (K, C, oh, ow), what this backend's backward needs
+    return out, (features.shape, features.dtype, ops.NAME, geometry, saved)
+
+
+def roi_align_backward(dout, cache):
+    """dout (K, C, oh, ow) -> (dfeatures (N, C, H, W), None): the RoIs are constants and get no gradient."""
+    shape, dtype, backend, geometry, saved = cache
+    dout = np.asarray(dout, dtype=dtype)  # the gradient has the features' dtype
+    return get_ops(backend).roi_align_backward(dout, saved, shape, *geometry), None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The NumPy kernels (the "numpy" backend, tinymask/ops/numpy_ops.py): the reference the compiled kernels must match
+# --------------------------------------------------------------------------------------------------------------------
+
+def roi_align_forward_numpy(features, rois, batch, output_size, spatial_scale, sampling_ratio, aligned, mode,
+                            zero_outside):
+    """RoIAlign on validated inputs (rois float64 (K, 5), batch (K,) intp): out (K, C, oh, ow) and, per RoI, what
+    the backward needs: `(image index, window corner r0, c0, A_y, A_x, None)` (avg) or `(.., S_y, S_x, arg)` (max)."""
     N, C, H, W = features.shape
     K = rois.shape[0]
+    oh, ow = output_size
     out = np.zeros((K, C, oh, ow), dtype=features.dtype)  # (K, C, oh, ow)
     per_roi = []
     for k in range(K):
@@ -252,21 +282,23 @@ def roi_align_forward(
             arg = V.argmax(axis=-1)  # (C, oh, ow) the winning sample of each bin (the first one on ties)
             out[k] = np.take_along_axis(V, arg[..., None], axis=-1)[..., 0]
             per_roi.append((batch[k], r0, c0, Sy, Sx, arg))
-    cache = (features.shape, features.dtype, mode, (oh, ow), per_roi)
-    return out, cache
+    return out, per_roi
 
 
-def roi_align_backward(dout, cache):
-    """dout (K, C, oh, ow) -> (dfeatures (N, C, H, W), None): the RoIs are constants and get no gradient.
+def roi_align_backward_numpy(dout, saved, features_shape, rois, batch, output_size, spatial_scale, sampling_ratio,
+                             aligned, mode, zero_outside):
+    """dout (K, C, oh, ow) -> dfeatures (N, C, H, W), from `saved`, the forward's per-RoI matrices (the geometry
+    arguments are the kernels' signature; this version does not need them).
 
     Each RoI's window gradient is the transpose of its forward, `A_yᵀ dout A_x` (avg) or `S_yᵀ dV S_x` with `dV` the
     upstream gradient placed at each bin's winning sample (max). Windows of different RoIs may overlap; they are
     added one RoI after another, so nothing is lost to a race.
     """
-    shape, dtype, mode, (oh, ow), per_roi = cache
-    dfeatures = np.zeros(shape, dtype=dtype)  # (N, C, H, W)
-    C = shape[1]
-    for k, (b, r0, c0, My, Mx, arg) in enumerate(per_roi):
+    dtype = dout.dtype
+    dfeatures = np.zeros(features_shape, dtype=dtype)  # (N, C, H, W)
+    C = features_shape[1]
+    oh, ow = output_size
+    for k, (b, r0, c0, My, Mx, arg) in enumerate(saved):  # per RoI
         if mode == "avg":
             dwindow = My.T @ dout[k] @ Mx  # (C, h, w) dF = A_yᵀ dout A_x
         elif arg is None:
@@ -278,4 +310,4 @@ def roi_align_backward(dout, cache):
             dV = dV.reshape(C, oh, ow, gh, gw).transpose(0, 1, 3, 2, 4).reshape(C, oh * gh, ow * gw)
             dwindow = My.T @ dV @ Mx  # (C, h, w) dF = S_yᵀ dV S_x
         dfeatures[b, :, r0:r0 + My.shape[1], c0:c0 + Mx.shape[1]] += dwindow
-    return dfeatures, None
+    return dfeatures

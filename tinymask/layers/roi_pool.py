@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..ops import get_ops
 from .roi_align import check_roi_inputs
 
 
@@ -46,14 +47,34 @@ def pool_bin_edges(start, roi_size, n_bins, size):
     return np.clip(begin, 0, size), np.clip(end, 0, size)
 
 
-def roi_pool_forward(features, rois, *, output_size, spatial_scale):
+def roi_pool_forward(features, rois, *, output_size, spatial_scale, backend=None):
     """RoIPool: features (N, C, H, W), rois (K, 5) `[batch_index, x0, y0, x1, y1]` -> out (K, C, oh, ow), cache.
 
-    output_size: int or (oh, ow). spatial_scale: feature cells per image pixel (1 / stride).
+    output_size: int or (oh, ow). spatial_scale: feature cells per image pixel (1 / stride). backend: "numpy" (the
+    code below), "numba" or "cuda" (default: the selected one, tinymask/backend.py).
     """
     rois, batch, (oh, ow) = check_roi_inputs(features, rois, output_size, spatial_scale)
+    ops = get_ops(backend)  # roi_pool_forward_numpy below, or a compiled kernel (tinymask/ops/)
+    out, argmax = ops.roi_pool_forward(features, rois, batch, (oh, ow), spatial_scale)
+    return out, (features.shape, features.dtype, batch, argmax, ops.NAME)
+
+
+def roi_pool_backward(dout, cache):
+    """dout (K, C, oh, ow) -> (dfeatures (N, C, H, W), None): each output's gradient goes to its winning cell."""
+    shape, dtype, batch, argmax, backend = cache
+    return get_ops(backend).roi_pool_backward(np.asarray(dout, dtype=dtype), argmax, batch, shape), None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The NumPy kernels (the "numpy" backend, tinymask/ops/numpy_ops.py): the reference the compiled kernels must match
+# --------------------------------------------------------------------------------------------------------------------
+
+def roi_pool_forward_numpy(features, rois, batch, output_size, spatial_scale):
+    """RoIPool on validated inputs: out (K, C, oh, ow) and argmax (K, C, oh, ow), the flat index `h·W + w` of each
+    bin's winner, −1 for empty bins."""
     N, C, H, W = features.shape
     K = rois.shape[0]
+    oh, ow = output_size
     q = round_half_away(rois[:, 1:] * spatial_scale).astype(np.intp)  # (K, 4) x0q, y0q, x1q, y1q in cells
     out = np.zeros((K, C, oh, ow), dtype=features.dtype)  # (K, C, oh, ow)
     argmax = np.full((K, C, oh, ow), -1, dtype=np.intp)  # flat index h·W + w of each bin's winner, −1 if empty
@@ -78,16 +99,16 @@ def roi_pool_forward(features, rois, *, output_size, spatial_scale):
         win_h = rows[np.arange(oh)[:, None], win // Lw]  # (C, oh, ow) absolute row of the winner
         win_w = cols[np.arange(ow)[None, :], win % Lw]  # (C, oh, ow) absolute column
         argmax[k] = np.where(empty, -1, win_h * W + win_w)
-    return out, (features.shape, features.dtype, batch, argmax)
+    return out, argmax
 
 
-def roi_pool_backward(dout, cache):
-    """dout (K, C, oh, ow) -> (dfeatures (N, C, H, W), None): each output's gradient goes to its winning cell.
+def roi_pool_backward_numpy(dout, argmax, batch, features_shape):
+    """dout (K, C, oh, ow) -> dfeatures (N, C, H, W).
 
     Several bins (of one RoI or of several) may share a winner; `np.add.at` accumulates them all.
     """
-    (N, C, H, W), dtype, batch, argmax = cache
-    dflat = np.zeros((N, C, H * W), dtype=dtype)  # (N, C, H·W)
+    N, C, H, W = features_shape
+    dflat = np.zeros((N, C, H * W), dtype=dout.dtype)  # (N, C, H·W)
     k, c, p, q = np.nonzero(argmax >= 0)  # every non-empty bin
     np.add.at(dflat, (batch[k], c, argmax[k, c, p, q]), dout[k, c, p, q])
-    return dflat.reshape(N, C, H, W), None
+    return dflat.reshape(N, C, H, W)

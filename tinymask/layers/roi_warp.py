@@ -32,13 +32,14 @@ def quantize_rois(rois, spatial_scale):
     return q
 
 
-def roi_warp_forward(features, rois, *, output_size, spatial_scale, sampling_ratio=-1, mode="avg", outside="zero"):
+def roi_warp_forward(features, rois, *, output_size, spatial_scale, sampling_ratio=-1, mode="avg", outside="zero",
+                     backend=None):
     """RoIWarp: features (N, C, H, W), rois (K, 5) -> out (K, C, oh, ow), cache. Keywords as `roi_align_forward`."""
     rois, _, _ = check_roi_inputs(features, rois, output_size, spatial_scale)  # validate before rounding
     q = quantize_rois(rois, spatial_scale)  # (K, 5) in feature cells
     return roi_align_forward(
         features, q, output_size=output_size, spatial_scale=1.0, sampling_ratio=sampling_ratio, aligned=False,
-        mode=mode, outside=outside,
+        mode=mode, outside=outside, backend=backend,
     )
 
 

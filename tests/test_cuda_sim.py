@@ -1,0 +1,220 @@
+"""The CUDA kernels (tinymask/ops/cuda_ops.py) against the NumPy reference, without a GPU.
+
+Two kinds of test, each skipped where it cannot run:
+
+- **In Numba's CUDA simulator**, which executes every GPU thread as a Python thread: correct semantics (shared memory,
+  `syncthreads`, atomics), no speed, so the shapes are tiny. Needs numba-cuda and the variable set before Python
+  starts (the library never sets it):
+
+      NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/test_cuda_sim.py
+
+- **Compiled to PTX** for a real GPU (sm_80) by NVVM, without running: this is what the simulator cannot check, that
+  every kernel types and lowers on the real target (numba-cuda lacks some NumPy functions, `np.floor` for one). Needs
+  numba-cuda with NVVM and NVRTC (`pip install "cuda-toolkit[nvvm,nvrtc]==13.*"`) and the simulator **off**:
+
+      python -m pytest tests/test_cuda_sim.py -k ptx
+
+Neither runs a kernel on a GPU; that needs a machine with one (`TINYMASK_BACKEND=cuda`, then tests/test_backends.py's
+helper with backends=["cuda"], as below).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import types
+
+import numpy as np
+import pytest
+
+SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+NUMBA_CUDA = importlib.util.find_spec("numba_cuda") is not None
+if not NUMBA_CUDA:
+    pytest.skip("numba-cuda not installed (pip install 'tinymask[cuda]'); then "
+                "NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/test_cuda_sim.py", allow_module_level=True)
+
+simulator_only = pytest.mark.skipif(
+    not (SIMULATOR and NUMBA_CUDA),
+    reason="needs numba-cuda and NUMBA_ENABLE_CUDASIM=1 in the environment "
+           "(NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/test_cuda_sim.py)",
+)
+
+if SIMULATOR and NUMBA_CUDA:
+    from test_backends import ROIS, assert_close, check_backends, random_boxes, roi_features
+
+    from tinymask.backend import available_backends, get_backend, use_backend
+    from tinymask.layers import (conv2d_backward, conv2d_forward, conv_transpose2d_backward,
+                                 conv_transpose2d_forward, roi_align_backward, roi_align_forward, roi_pool_backward,
+                                 roi_pool_forward)
+    from tinymask.mask_paste import paste_masks_in_image
+    from tinymask.nms import batched_nms, nms
+    from tinymask.ops import get_ops
+
+DTYPES = [np.float64, np.float32]
+
+
+def on_cuda(forward, backward=None, inputs=(), kwargs=None):
+    return check_backends(forward, backward, inputs, kwargs, backends=["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The simulator
+# ---------------------------------------------------------------------------------------------------------------------
+
+@simulator_only
+def test_switch_reports_the_simulator():
+    ok, reason = available_backends()["cuda"]
+    assert ok and "simulator" in reason
+    with use_backend("cuda"):
+        assert get_backend() == "cuda"
+        assert get_ops().NAME == "cuda"
+
+
+@simulator_only
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("stride, padding, dilation", [(1, 1, 1), ((2, 1), (0, 2), (1, 2))])
+def test_conv2d(dtype, stride, padding, dilation):
+    rng = np.random.default_rng(1)
+    x, w, b = (rng.standard_normal(s).astype(dtype) for s in [(2, 3, 7, 6), (4, 3, 3, 3), (4,)])
+    on_cuda(conv2d_forward, conv2d_backward, (x, w, b), dict(stride=stride, padding=padding, dilation=dilation))
+
+
+@simulator_only
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv_transpose2d(dtype):
+    rng = np.random.default_rng(2)
+    x, w, b = (rng.standard_normal(s).astype(dtype) for s in [(2, 3, 4, 5), (3, 2, 3, 3), (2,)])
+    on_cuda(conv_transpose2d_forward, conv_transpose2d_backward, (x, w, b), dict(stride=2, padding=1, output_padding=1))
+    on_cuda(conv_transpose2d_forward, conv_transpose2d_backward, (x, w[:, :, :2, :2], b), dict(stride=2))  # mask head
+
+
+@simulator_only
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_tiled_gemm_and_implicit_gemm(dtype):
+    # Sizes that are not multiples of the 16×16 tile, a batch broadcast against a 2-D operand, an empty K.
+    rng = np.random.default_rng(3)
+    cu, ref = get_ops("cuda"), get_ops("numpy")
+    a, b = rng.standard_normal((2, 17, 20)).astype(dtype), rng.standard_normal((20, 3)).astype(dtype)
+    assert_close(cu.matmul(a, b), np.matmul(a, b), "batched @ 2-D")
+    assert_close(cu.matmul(b.T, a.transpose(0, 2, 1)), np.matmul(b.T, a.transpose(0, 2, 1)), "2-D @ batched views")
+    assert_close(cu.matmul(a[0], b), np.matmul(a[0], b), "2-D @ 2-D")
+    assert_close(cu.matmul(a[:, :, :0], b[:0]), np.matmul(a[:, :, :0], b[:0]), "K = 0")
+    x_pad = rng.standard_normal((1, 3, 7, 6)).astype(dtype)  # 3·3·2 = 18 rows of cols: two tiles along K
+    w = rng.standard_normal((5, 3, 3, 2)).astype(dtype)
+    for stride, dilation in [((1, 1), (1, 1)), ((2, 1), (1, 2))]:
+        assert_close(cu.conv2d_implicit_gemm(x_pad, w, stride, dilation),
+                     ref.conv2d_implicit_gemm(x_pad, w, stride, dilation), f"implicit GEMM {stride} {dilation}")
+
+
+@simulator_only
+@pytest.mark.parametrize("mode", ["avg", "max"])
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("outside", ["zero", "edge"])
+def test_roi_align(mode, aligned, outside):
+    F = roi_features(np.float64, mode, (2, 2, 6, 7))
+    on_cuda(roi_align_forward, roi_align_backward, (F, ROIS),
+            dict(output_size=(2, 3), spatial_scale=0.8, sampling_ratio=-1, aligned=aligned, mode=mode, outside=outside))
+
+
+@simulator_only
+@pytest.mark.parametrize("mode", ["avg", "max"])
+def test_roi_align_float32_fixed_sampling_and_no_rois(mode):
+    F = roi_features(np.float32, mode, (2, 2, 6, 7))
+    on_cuda(roi_align_forward, roi_align_backward, (F, ROIS[:5]),
+            dict(output_size=2, spatial_scale=0.5, sampling_ratio=2, aligned=True, mode=mode))
+    on_cuda(roi_align_forward, roi_align_backward, (F, np.zeros((0, 5))), dict(output_size=2, spatial_scale=0.5))
+
+
+@simulator_only
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_roi_pool(dtype):
+    F = roi_features(dtype, "avg", (2, 2, 6, 7))
+    F[0, 1, 2:4, 2:4] = 1.5  # a plateau: the first cell wins
+    ref = on_cuda(roi_pool_forward, roi_pool_backward, (F, ROIS), dict(output_size=2, spatial_scale=0.7))
+    _, cache = roi_pool_forward(F, ROIS, output_size=2, spatial_scale=0.7, backend="cuda")
+    _, ref_cache = roi_pool_forward(F, ROIS, output_size=2, spatial_scale=0.7, backend="numpy")
+    np.testing.assert_array_equal(cache[3], ref_cache[3])
+    assert ref[0].shape == (len(ROIS), 2, 2, 2)
+
+
+@simulator_only
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_paste_masks(dtype):
+    rng = np.random.default_rng(6)
+    masks = rng.random((3, 5, 5)).astype(dtype)
+    boxes = np.array([[1.2, 2.1, 9.7, 7.3], [-3.0, -2.0, 4.0, 3.0], [8.0, 6.0, 20.0, 15.0]], dtype=dtype)
+    on_cuda(paste_masks_in_image, None, (masks, boxes, (10, 12)))
+
+
+@simulator_only
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nms(dtype):
+    # 150 boxes: three 64-box column blocks, so the bitmask crosses block boundaries.
+    rng = np.random.default_rng(7)
+    boxes = random_boxes(rng, 150, dtype)
+    scores = np.round(rng.random(150), 1).astype(dtype)  # ties in score, broken by index
+    for threshold in (0.0, 0.5, 0.7):
+        on_cuda(nms, None, (boxes, scores, threshold))
+    on_cuda(batched_nms, None, (boxes, scores, rng.integers(0, 3, 150), 0.5))
+    at_threshold = np.array([[0, 0, 2, 1], [1, 0, 3, 1], [10, 10, 11, 11]], dtype=dtype)  # IoU exactly 1/3
+    on_cuda(nms, None, (at_threshold, np.array([0.9, 0.8, 0.7], dtype=dtype), 1 / 3))
+    on_cuda(nms, None, (boxes[:0], scores[:0], 0.5))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Compiled to PTX for a real GPU (the simulator off)
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _ptx_unavailable() -> str | None:
+    if SIMULATOR:
+        return "the CUDA simulator is on; PTX compilation needs the real CUDA target"
+    if not NUMBA_CUDA:
+        return "numba-cuda not installed"
+    try:
+        from numba import cuda
+
+        def probe(a):
+            a[0] = 1.0
+
+        cuda.compile_ptx(probe, "void(float32[::1])", cc=(8, 0))
+    except Exception as e:  # no NVVM / NVRTC libraries
+        return f"cannot compile PTX here ({type(e).__name__}: {str(e).splitlines()[0]})"
+    return None
+
+
+@pytest.mark.skipif(bool(SIMULATOR or not NUMBA_CUDA) or _ptx_unavailable() is not None,
+                    reason=_ptx_unavailable() or "")
+def test_kernels_compile_to_ptx(monkeypatch):
+    import numba.cuda.dispatcher
+    from numba import cuda
+    from numba import types as T
+
+    from tinymask.ops import cuda_ops as co
+
+    # Device functions are compiled for "the current device"; there is none here, so name one: sm_80.
+    monkeypatch.setattr(numba.cuda.dispatcher, "get_current_device",
+                        lambda: types.SimpleNamespace(compute_capability=(8, 0)))
+
+    def arr(dtype, ndim):
+        return T.Array(dtype, ndim, "C")
+
+    i64, b1 = T.int64, T.boolean
+    for ft in (T.float32, T.float64):
+        signatures = [
+            (co._im2col_kernel, (arr(ft, 4), arr(ft, 3)) + (i64,) * 7),
+            (co._col2im_kernel, (arr(ft, 3), arr(ft, 4)) + (i64,) * 8),
+            (co._make_gemm(ft), (arr(ft, 3),) * 3),
+            (co._make_implicit_gemm_conv(ft), (arr(ft, 4), arr(ft, 2), arr(ft, 4)) + (i64,) * 7),
+            (co._roi_align_fwd_kernel,
+             (arr(ft, 4), arr(T.float64, 2), arr(i64, 1), T.float64, i64, b1, b1, b1, arr(ft, 4), arr(T.int32, 4))),
+            (co._roi_align_bwd_kernel,
+             (arr(ft, 4), arr(T.float64, 2), arr(i64, 1), T.float64, i64, b1, b1, b1, arr(T.int32, 4), arr(ft, 4))),
+            (co._roi_pool_fwd_kernel, (arr(ft, 4), arr(i64, 1), arr(i64, 2), arr(ft, 4), arr(i64, 4))),
+            (co._roi_pool_bwd_kernel, (arr(ft, 4), arr(i64, 4), arr(i64, 1), arr(ft, 3))),
+            (co._paste_kernel, (arr(ft, 3), arr(i64, 2), arr(ft, 3))),
+            (co._nms_mask_kernel, (arr(ft, 2), arr(ft, 1), ft, ft, arr(T.uint64, 2))),
+        ]
+        for kernel, signature in signatures:
+            ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=(8, 0))
+            assert ".entry" in ptx, kernel.py_func.__name__
+            if kernel is co._nms_mask_kernel:  # no fused multiply-add: IoUs round exactly as on the CPU
+                assert "fma" not in ptx
