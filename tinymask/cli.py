@@ -71,7 +71,9 @@ def _info(args) -> int:
     import numpy as np
 
     from . import __version__
+    from .backend import describe_backends
     print(f"tinymask {__version__}\nnumpy {np.__version__}\nnumba {numba.__version__}\npython {sys.version.split()[0]}")
+    print(describe_backends())
     return 0
 
 
