@@ -53,6 +53,26 @@ def setup(imports: str):
         ''') + dedent(imports))
 
 
+def setup_one_blas_thread(imports: str):
+    """`setup`, for the notebooks that train (01, 08): NumPy's BLAS is limited to one thread before NumPy loads."""
+    return code(dedent('''
+        import os
+        SMOKE = os.environ.get("TINYMASK_SMOKE") == "1"  # CI sets TINYMASK_SMOKE=1: smaller sizes, fewer iterations
+
+        from tinymask.cli import limit_threads
+
+        # One BLAS thread: on a 2-core laptop that also runs a browser, a multi-threaded BLAS is often several times
+        # slower (its threads wait for each other). The setting is read when NumPy loads, so it comes before
+        # `import numpy`; it prints False if NumPy was loaded already (re-running this cell), and changes nothing then.
+        print("BLAS limited to one thread:", limit_threads(1))
+
+        import numpy as np
+        import matplotlib.pyplot as plt
+
+        np.set_printoptions(precision=4, suppress=True, linewidth=120)
+        ''') + dedent(imports))
+
+
 # A short training run, shared by the notebooks that need a model that has learned something (05, 09, 10).
 # tinymask.train writes a run folder (log, checkpoints); we train into a temporary folder and read the last
 # checkpoint back. Set TINYMASK_CHECKPOINT to a checkpoint folder of `tinymask train` (a run's last/ or best/) to
@@ -2396,15 +2416,802 @@ def nb10():
     ]
 
 
+# =================================================================================================================
+# 01 · a tour: the whole pipeline in one sitting
+# =================================================================================================================
+
+TOUR_ITERATIONS, TOUR_MINUTES = 300, "4 to 6 minutes"
+
+
+def nb01():
+    return [
+        md("""
+        # 01 · A tour: from a picture to masks, in one sitting
+
+        *Paper:* He, Gkioxari, Dollár, Girshick, [*Mask R-CNN*](https://arxiv.org/abs/1703.06870), ICCV 2017 — §3
+        (the model: a backbone, a region proposal network, and three heads that classify, refine a box and predict a
+        mask for every region), §3.1 (training and inference), §4 (COCO AP). · *Docs:* [the index](../docs/index.md)
+        (every part of the paper mapped to its module, page, test and notebook), [the whole model](../docs/model.md),
+        [using tinymask](../docs/usage.md) · *Code:* [`tinymask/model.py`](../tinymask/model.py),
+        [`tinymask/train.py`](../tinymask/train.py), [`tinymask/visualize.py`](../tinymask/visualize.py),
+        [`tinymask/evaluate.py`](../tinymask/evaluate.py) · *Tests:* `tests/test_model.py`, `tests/test_train.py`
+
+        What you will see, each step in a few lines of library calls:
+
+        1. one image of the built-in *shapes* data set and its targets (boxes, classes, masks), checked by hand;
+        2. the untrained model on it: its size, its five losses (two of them predictable), its useless detections;
+        3. a short training run with `tinymask.train.train` — the same loop as `tinymask train`;
+        4. the trained model on held-out images, its masks, boxes and scores next to the ground truth;
+        5. the COCO table (box and mask AP) on held-out images;
+        6. where to go next.
+
+        **Smoke mode.** With `TINYMASK_SMOKE=1` (how CI runs this notebook) the model trains for 3 iterations on a
+        handful of images: its detections, scores and AP **mean nothing**, only that every step runs. In full mode it
+        trains for 300 iterations of 4 images, about 4 to 6 minutes on a laptop CPU. To look at a model trained for
+        longer, run `tinymask train` and point the environment variable `TINYMASK_CHECKPOINT` at its best/ or
+        last/ folder before starting Jupyter.
+        """),
+        setup_one_blas_thread("""
+        import tempfile
+
+        from IPython.display import display
+
+        from tinymask.config import MaskRCNNConfig
+        from tinymask.data import ShapesDataset
+        from tinymask.evaluate import evaluate_model
+        from tinymask.model import init_params, predict, train_forward
+        from tinymask.train import Recipe, load_checkpoint, train
+        from tinymask.visualize import draw_detections, plot_loss_curves
+        """),
+        md("""
+        ## 1. One image and its targets
+
+        A sample of any tinymask data set is a dict of arrays (`tinymask/data/__init__.py` lists them): the image
+        `(3, H, W)` in $[0, 1]$, and for its $G$ instances the boxes `(G, 4)` as $(x_0, y_0, x_1, y_1)$ in pixels,
+        the class labels `(G,)` (1, 2, 3 = square, circle, triangle; 0 is kept for the background) and the binary
+        masks `(G, H, W)`. That is all Mask R-CNN needs to learn from (§3.1).
+
+        The coordinates are continuous: pixel $(i, j)$ — row $i$, column $j$ — covers the square
+        $[j, j+1) \\times [i, i+1)$ ([conventions](../docs/conventions.md)). So the tight box around a mask runs from
+        the left edge of its leftmost pixel to the right edge of its rightmost one, $x_0 = \\min j$ and
+        $x_1 = \\max j + 1$, and the same for $y$. We check that by hand on every instance:
+        """),
+        code("""
+        train_set = ShapesDataset("train", num_images=1000, seed=0)  # generated on demand: nothing is stored
+        names = train_set.class_names  # ["background", "square", "circle", "triangle"]
+        index = next(i for i in range(100) if len(train_set[i]["labels"]) >= 3)  # an image with 3 or more shapes
+        sample = train_set[index]
+        image, boxes, labels, masks = sample["image"], sample["boxes"], sample["labels"], sample["masks"]
+        print(f"training image {index}: {image.shape} {image.dtype}, values in [{image.min():.2f}, {image.max():.2f}]; "
+              f"{len(labels)} instances")
+        for k in range(len(labels)):
+            rows, cols = np.nonzero(masks[k])  # the pixels of instance k
+            by_hand = [int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1]
+            print(f"  {k}: {names[labels[k]]:<8} box {boxes[k]}  by hand from the mask {by_hand}  "
+                  f"area {masks[k].sum()} pixels")
+        """),
+        md("""
+        Drawn with `draw_detections` (every picture here uses `extent=(0, W, H, 0)`, so a box is drawn at exactly its
+        coordinates), then each mask on its own with its box:
+        """),
+        code("""
+        G = len(labels)
+        fig, axes = plt.subplots(1, G + 1, figsize=(3.4 * (G + 1), 3.6))
+        draw_detections(axes[0], image, boxes, labels, masks=masks, class_names=names)
+        axes[0].set_title("image with its targets", fontsize=10)
+        for k in range(G):
+            ax = axes[k + 1]
+            ax.imshow(masks[k], cmap="gray", extent=(0, 128, 128, 0), interpolation="nearest")
+            x0, y0, x1, y1 = boxes[k]
+            ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="tab:orange", lw=1.5))
+            ax.set_title(f"mask {k}: {names[labels[k]]}", fontsize=10)
+        plt.tight_layout()
+        plt.show()
+        """),
+        md("""
+        ## 2. The model, untrained
+
+        The `small` preset (`tinymask/config.py`) is Mask R-CNN with a narrow ResNet-FPN backbone: one bottleneck
+        block per stage, group norm so that it trains from scratch, 64 FPN channels — the architecture of Fig. 4
+        (right), sized for 128-pixel images on a CPU. Its parameters are one flat dict named like torchvision's
+        state dict.
+
+        `train_forward` runs the network in training mode on a batch and returns its five losses (§3: $L = L_{cls} +
+        L_{box} + L_{mask}$ for the heads, plus the RPN's two). Two can be predicted before running anything: the
+        RPN's objectness layer and the class-score layer start with weights of spread 0.01, so their logits are
+        close to 0 — every anchor is 50 % object ($\\log 2 = 0.693$) and every RoI equally likely to be any of the
+        $K = 4$ classes ($\\log 4 = 1.386$).
+        """),
+        code("""
+        cfg = MaskRCNNConfig.preset("small")
+        params = init_params(cfg, seed=0)  # {torchvision state-dict name: float32 array}
+        print(f"{len(params)} parameter arrays, {sum(v.size for v in params.values()):,} numbers "
+              f"(torchvision's ResNet-50-FPN Mask R-CNN has about 44 million)")
+
+        targets = [{"boxes": boxes, "labels": labels, "masks": masks}]
+        losses, _ = train_forward(params, cfg, [image], targets, np.random.default_rng(0))
+        for name, value in losses.items():
+            print(f"  {name:<17} {float(value):.3f}")
+        print(f"  log 2 = {np.log(2):.3f}, log 4 = {np.log(4):.3f}")
+
+        untrained = predict(params, cfg, [image])[0]  # {"boxes", "scores", "labels", "masks"}, best first
+        print(f"untrained: {len(untrained['scores'])} detections above the 0.05 score threshold, "
+              f"the best scoring {untrained['scores'].max() if len(untrained['scores']) else 0:.2f}")
+        """),
+        md("""
+        ## 3. Training
+
+        `tinymask.train.train` is the loop behind `tinymask train`: each iteration takes a batch of images (flipped
+        left-right at random), runs `train_forward`, the hand-written `train_backward` from the summed losses back
+        into the backbone, and one SGD step; it logs every loss to `log.jsonl` and writes checkpoints. The recipe
+        (`tinymask.train.Recipe`) is the paper's — SGD with momentum 0.9, weight decay $10^{-4}$, a step schedule
+        (§3.1) — shortened: lr 0.02 after a 50-iteration warm-up, divided by 10 at 70 % and 90 % of the run.
+        Notebook 08 looks at this run in detail: the schedule, each loss, the gradient norms, resuming.
+
+        We train into a temporary folder and read the last checkpoint back (with `TINYMASK_CHECKPOINT` set, that
+        checkpoint is loaded instead).
+        """),
+        code(f"TOUR_ITERATIONS = {TOUR_ITERATIONS}  # of 4 images: about {TOUR_MINUTES} on a laptop CPU; SMOKE: 3 of 1\n"
+             + dedent("""
+        CHECKPOINT = os.environ.get("TINYMASK_CHECKPOINT")  # a checkpoint of `tinymask train` (a run's last/ or best/)
+        if CHECKPOINT:
+            trained, cfg, meta, _ = load_checkpoint(CHECKPOINT)
+            run_dir = os.path.dirname(os.path.abspath(CHECKPOINT))  # the run's folder, with its log.jsonl
+            print(f"loaded {CHECKPOINT}: {meta['iteration']} iterations")
+        else:
+            recipe = Recipe(iterations=3 if SMOKE else TOUR_ITERATIONS, batch_size=1 if SMOKE else 4, lr=0.02,
+                            warmup_iters=50, eval_every=0, seed=0)
+            run_dir = tempfile.mkdtemp(prefix="tinymask-tour-")
+            data = ShapesDataset("train", num_images=8, seed=0) if SMOKE else train_set
+            summary = train(cfg, recipe, data, None, run_dir, progress=False, print_fn=lambda *a: None)
+            trained, cfg, meta, _ = load_checkpoint(os.path.join(run_dir, "last"))
+            print(f"trained {meta['iteration']} iterations of {recipe.batch_size} image(s) in {summary['seconds']:.0f} s "
+                  f"(run folder {run_dir})")
+        """).strip("\n")),
+        md("""
+        The run's log as curves (`plot_loss_curves`): each loss term, faint as logged and solid smoothed, and the
+        learning rate below. In full mode the total falls, and so do most terms (notebook 08 explains the one that
+        rises); in smoke mode there are three points.
+        """),
+        code("""
+        log_path = os.path.join(run_dir, "log.jsonl")
+        if os.path.exists(log_path):
+            display(plot_loss_curves(log_path))
+        else:
+            print(f"no log.jsonl next to {CHECKPOINT}")
+        """),
+        md("""
+        ## 4. Predictions on held-out images
+
+        `predict(params, cfg, images)` is §3.1 "Inference": the RPN's proposals, the box head's scores and boxes,
+        per-class NMS, then the mask head on the surviving boxes, each 28×28 mask pasted into the image and
+        thresholded at 0.5. It returns, per image, `boxes` `(D, 4)`, `scores` `(D,)`, `labels` `(D,)` and `masks`
+        `(D, H, W)`, best first. The images come from the `val` split, a random stream the training never saw.
+        Ground truth on top, the prediction below (detections scoring at least 0.5). After a few minutes of
+        training the boxes are found before the classes are sure, so many scores are still below 0.5; pass a lower
+        `score_threshold` to `draw_detections` to see them.
+        """),
+        code("""
+        val = ShapesDataset("val", num_images=4 if SMOKE else 50, seed=0)
+        shown = [val[i] for i in range(3)]
+        predictions = predict(trained, cfg, [s["image"] for s in shown])  # one dict per image
+        first = predictions[0]
+        print({k: v.shape for k, v in first.items()})
+        names = cfg.class_names  # the model's classes (a TINYMASK_CHECKPOINT may have others)
+        print("best 3 of the first image: scores", first["scores"][:3], "labels",
+              [names[l] for l in first["labels"][:3]], "\\nboxes\\n", first["boxes"][:3])
+
+        fig, axes = plt.subplots(2, 3, figsize=(12, 8.4))
+        for col, (s, pred) in enumerate(zip(shown, predictions)):
+            draw_detections(axes[0, col], s["image"], s["boxes"], s["labels"], masks=s["masks"], class_names=names)
+            draw_detections(axes[1, col], s["image"], pred["boxes"], pred["labels"], pred["scores"], pred["masks"],
+                            class_names=names, score_threshold=0.5)
+            axes[0, col].set_title(f"ground truth ({len(s['labels'])})", fontsize=10)
+            axes[1, col].set_title(f"prediction ({np.sum(pred['scores'] >= 0.5)} scoring 0.5 or more)", fontsize=10)
+        plt.tight_layout()
+        plt.show()
+        """),
+        md("""
+        ## 5. The COCO table
+
+        `evaluate_model` predicts every held-out image and scores the detections the way the paper's tables do
+        (§4, and Lin et al., *Microsoft COCO*, ECCV 2014): for boxes (`bbox`, box IoU) and for masks (`segm`, mask
+        IoU). AP averages precision over recall levels and over IoU thresholds $0.50, 0.55, \\ldots, 0.95$; AP50 and
+        AP75 use one threshold each; S / M / L split by object area (under $32^2$, up to $96^2$, above); AR is recall
+        at 1, 10 and 100 detections per image. Notebook 09 computes AP by hand and draws the precision-recall
+        curves; [evaluation](../docs/evaluation.md) derives every rule.
+        """),
+        code("""
+        report = evaluate_model(trained, cfg, val)
+        print(f"{report['num_images']} held-out images, {len(report['results'])} detections, {report['seconds']:.0f} s\\n")
+        print(report["table"])
+        if SMOKE and not CHECKPOINT:
+            print("\\n(smoke mode: a model trained for 3 iterations; these numbers mean nothing)")
+        """),
+        md("""
+        The paper's ResNet-101-FPN reaches 35.7 mask AP on COCO after 160k iterations of 16 images (Table 1). The
+        shapes are far easier, and the few minutes above are far shorter; the `Recipe` docstring gives what longer
+        runs of `tinymask train` reach (mask AP50 about 0.9 after 900 iterations), measured by
+        `benchmarks/time_to_accuracy.py`.
+
+        ## 6. Where to go next
+
+        Each stage of the pipeline above has its own notebook, which opens with an example small enough to check by
+        hand:
+
+        | notebook | what it takes apart |
+        |---|---|
+        | [02 · layers and gradient checking](02_layers_and_gradcheck.ipynb) | convolution as im2col, the transposed convolution, the gradient check every layer passes |
+        | [03 · backbone](03_backbone.ipynb) | ResNet's stages and the FPN's pyramid, level by level |
+        | [04 · anchors and box coding](04_anchors_and_box_coding.ipynb) | anchors, matching, box encoding (Faster R-CNN Eq. 2) |
+        | [05 · RPN](05_rpn.ipynb) | the proposal network, its loss and its proposals |
+        | [06 · RoIPool vs RoIAlign](06_roipool_vs_roialign.ipynb) | the paper's key layer, against the roundings it removes |
+        | [07 · heads and losses](07_heads_and_losses.ipynb) | the box and mask heads, mask targets, the losses |
+        | [08 · training](08_training.ipynb) | the loop, the learning-rate schedule, each loss, checkpoints and resuming |
+        | [09 · inference and evaluation](09_inference_and_evaluation.ipynb) | inference step by step, COCO AP by hand |
+        | [10 · inspecting weights](10_inspect_weights.ipynb) | weights, activations and gradients, layer by layer |
+        | [11 · kernels](11_kernels.ipynb) | the NumPy, Numba and CUDA backends of the hot loops |
+
+        The docs' [index](../docs/index.md) maps every section and equation of the paper to its module, page, test
+        and notebook; [using tinymask](../docs/usage.md) covers training on your own COCO-format data, torchvision
+        weights, evaluation and checkpoints.
+        """),
+    ]
+
+
+# =================================================================================================================
+# 08 · training
+# =================================================================================================================
+
+def nb08():
+    return [
+        md("""
+        # 08 · Training: the loop, the schedule, the losses, and resuming
+
+        *Paper:* He et al., *Mask R-CNN*, ICCV 2017, §3.1 "Training": the losses are minimised jointly with SGD,
+        "a learning rate of 0.02 which is decreased by 10 at the 120k iteration. We use a weight decay of 0.0001 and
+        momentum of 0.9"; Appendix B and Faster R-CNN §3.2 (approximate joint training: the proposals are constants);
+        Goyal et al., *Accurate, Large Minibatch SGD*, 2017 (linear warm-up and the linear scaling rule).
+        · *Docs:* [the whole model](../docs/model.md), [using tinymask](../docs/usage.md) (checkpoints, resuming)
+        · *Code:* [`tinymask/train.py`](../tinymask/train.py), [`tinymask/optim.py`](../tinymask/optim.py),
+        [`tinymask/visualize.py`](../tinymask/visualize.py) · *Tests:* `tests/test_train.py`, `tests/test_optim.py`
+
+        What you will see:
+
+        1. the recipe — every knob of `Recipe`, where its default comes from;
+        2. the learning-rate schedule: warm-up and steps, by hand on a short one, then the real ones;
+        3. a training run, stopped and resumed at a few iterations so that we can keep those models;
+        4. each loss term over the iterations, the learning rate actually used, and the gradient norm;
+        5. the same held-out images predicted by the model after 0, a few, more and all iterations, and its AP;
+        6. what a checkpoint holds, and a resumed run computing exactly what the uninterrupted one does.
+
+        In full mode the run is 300 iterations of 4 images (about 4 to 6 minutes on a laptop CPU, plus a minute or
+        two of evaluation). In smoke mode (`TINYMASK_SMOKE=1`, CI) it is 6 iterations of one image: the curves are
+        a few points and the predictions and AP **mean nothing**; the mechanics are the same.
+        """),
+        setup_one_blas_thread("""
+        import tempfile
+        from dataclasses import fields
+
+        from IPython.display import display
+
+        from tinymask.config import MaskRCNNConfig
+        from tinymask.data import ShapesDataset
+        from tinymask.evaluate import evaluate_model
+        from tinymask.model import LOSS_NAMES, init_params, predict
+        from tinymask.optim import LRSchedule
+        from tinymask.train import Recipe, load_checkpoint, train
+        from tinymask.visualize import draw_detections, plot_loss_curves, read_log
+        """),
+        md("""
+        ## 1. The recipe
+
+        A run is described by two objects: the model, `MaskRCNNConfig` (notebook 01), and how to train it,
+        `tinymask.train.Recipe`. Its docstring gives the paper's numbers and why tinymask's defaults differ:
+        """),
+        code("""
+        print(Recipe.__doc__)
+        default = Recipe()
+        for f in fields(Recipe):
+            print(f"  {f.name:<16} {getattr(default, f.name)!r}")
+        """),
+        md("""
+        In short: the paper trains with 16 images per batch at lr 0.02 for 160k iterations. The **linear scaling
+        rule** (Goyal et al. §2.1) says that with $B$ images the lr should be $0.02 \\cdot B / 16$ — 0.005 for 4 —
+        because the gradient of a batch is an average and its noise shrinks with $B$. tinymask's `small` preset, a
+        narrow network with group norm trained from scratch on easy 128-pixel images, is stable at 0.02 with 4
+        images *after a warm-up*; the `tinymask train` default is 1500 iterations. Weight decay applies to conv and
+        fc weights only, never to biases or norm parameters (`tinymask.optim.decays_weight`).
+
+        ## 2. The learning-rate schedule
+
+        `Recipe.schedule()` returns an `LRSchedule` (`tinymask/optim.py`): a linear **warm-up** from
+        $\\eta f$ to $\\eta$ over the first $T_w$ iterations, then **steps** that multiply by $\\gamma = 0.1$:
+
+        $$\\eta_t = \\eta\\,\\gamma^{\\#\\{s\\,\\le\\,t\\}} \\cdot \\begin{cases} f + (1 - f)\\, t / T_w & t < T_w \\\\
+        1 & t \\ge T_w \\end{cases}$$
+
+        A short one to check by hand: $\\eta = 0.02$, $f = 0.001$, $T_w = 4$, steps at 7 and 9. At $t = 0$ the rate
+        is $0.02 \\cdot 0.001 = 2\\cdot 10^{-5}$; at $t = 2$, halfway, $0.02\\,(0.001 \\cdot 0.5 + 0.5) = 0.01001$;
+        from $t = 4$ it is 0.02; from $t = 7$, 0.002; from $t = 9$, 0.0002.
+        """),
+        code("""
+        schedule = LRSchedule(base_lr=0.02, warmup_iters=4, warmup_factor=0.001, steps=[7, 9], gamma=0.1)
+        for t in range(11):
+            by_hand = 0.02 * (0.001 * (1 - t / 4) + t / 4) if t < 4 else 0.02 * 0.1 ** ((t >= 7) + (t >= 9))
+            print(f"t = {t:2d}   schedule {schedule(t):.6f}   by hand {by_hand:.6f}")
+        """),
+        md("""
+        The steps are placed at fractions of the run (`decay_at`, 70 % and 90 %), so a shorter or longer run keeps
+        the same shape. The default recipe and the run of this notebook (a 50-iteration warm-up):
+        """),
+        code("""
+        ITERATIONS = 6 if SMOKE else 300  # of 4 images: about 4 to 6 minutes on a laptop CPU; SMOKE: 6 of 1
+        recipe = Recipe(iterations=ITERATIONS, batch_size=1 if SMOKE else 4, lr=0.02, warmup_iters=50, eval_every=0,
+                        seed=0)
+        fig, ax = plt.subplots(figsize=(9, 3))
+        for r, label in ((default, "Recipe() default"), (recipe, "this notebook's run")):
+            s = r.schedule()
+            t = np.arange(r.iterations)
+            ax.plot(t, [s(i) for i in t], label=f"{label}: {r.iterations} iterations, warm-up {r.warmup_iters}, "
+                                                 f"steps at {s.steps}")
+        ax.set_yscale("log")
+        ax.set_xlabel("iteration t")
+        ax.set_ylabel("learning rate")
+        ax.legend(fontsize=8)
+        plt.show()
+        """),
+        md("""
+        Why warm up? At initialisation the gradients are large and point in unreliable directions (notebook 10
+        measures them); a full-size step there can push the group-norm network into a state it takes hundreds of
+        iterations to leave, or make a loss overflow (`TrainingDiverged`). Why step down? Late in training a large
+        rate keeps the weights bouncing around a minimum; dividing it by 10 lets them settle, and the loss visibly
+        drops at each step.
+
+        ## 3. A run, stopped and resumed
+
+        `train(cfg, recipe, train_set, val_set, out_dir)` runs the loop (the "One iteration" section of
+        `tinymask/train.py` lists its five steps) and keeps two checkpoints: last/ and, when there is a held-out
+        set, best/. To keep the model at several points of the run, we stop it with `stop_after=k` — exactly as
+        if it had been interrupted there — copy last/, and resume with `resume=True`. Resuming loses nothing
+        (section 6 checks it), so the models below are those of one uninterrupted run, with the recipe, data and
+        seed of notebook 01's.
+        """),
+        code("""
+        SNAPSHOTS = [2, 4, 6] if SMOKE else [25, 75, 150, 300]  # iterations at which we keep the model
+        cfg = MaskRCNNConfig.preset("small")
+        train_set = ShapesDataset("train", num_images=8 if SMOKE else 1000, seed=0)
+        run_dir = tempfile.mkdtemp(prefix="tinymask-training-")
+        snapshots = {0: init_params(cfg, seed=recipe.seed)}  # the run starts from these
+        for k, stop in enumerate(SNAPSHOTS):
+            summary = train(cfg, recipe, train_set, None, run_dir, resume=k > 0, stop_after=stop, progress=False)
+            snapshots[stop], _, meta, _ = load_checkpoint(os.path.join(run_dir, "last"))
+        print(f"kept the model after {list(snapshots)} iterations; {summary['total_seconds']:.0f} s of training in all")
+        """),
+        md("""
+        ## 4. The loss terms, the learning rate and the gradient norm
+
+        `log.jsonl` has one line per iteration: the iteration (updates done), the total loss, the five terms, the
+        lr, the gradient norm, and the time. The five terms (§3, and Faster R-CNN Eq. 1 for the RPN's two):
+
+        - `loss_objectness`: the RPN's binary cross-entropy, object or not, on 128 sampled anchors per image;
+          starts near $\\log 2$;
+        - `loss_rpn_box_reg`: the RPN's smooth L1 on the box deltas of its positive anchors;
+        - `loss_classifier`: the box head's softmax cross-entropy over $K = 4$ classes on 64 sampled RoIs per image;
+          starts near $\\log 4$;
+        - `loss_box_reg`: the box head's smooth L1 on the deltas of the true class, positive RoIs only;
+        - `loss_mask`: the mean per-pixel binary cross-entropy of the true class's 28×28 mask, positive RoIs only.
+
+        Not every term has to fall. `loss_box_reg` is summed over the *positive* RoIs but divided by *all* sampled
+        RoIs (as torchvision does), and at first almost none of the proposals overlaps an object: as the RPN learns
+        to propose boxes on the shapes, more of the sampled RoIs are positive, and this term grows while the others
+        fall. `plot_loss_curves` draws them (faint as logged, solid smoothed) with the lr below:
+        """),
+        code("""
+        log_path = os.path.join(run_dir, "log.jsonl")
+        display(plot_loss_curves(log_path))
+        records = [r for r in read_log(log_path) if "loss" in r]  # (evaluation lines have no "loss")
+        n = max(1, len(records) // 10)
+        print(f"{'term':<17} {'first ' + str(n):>10} {'last ' + str(n):>10}   (mean over the first and last {n} iterations)")
+        for name in ("loss", *LOSS_NAMES):
+            first, last = (np.mean([r[name] for r in part]) for part in (records[:n], records[-n:]))
+            print(f"{name:<17} {first:10.3f} {last:10.3f}")
+        """),
+        md("""
+        The lr in the log is what the optimizer used at each update; record $t + 1$ (after $t + 1$ updates) holds
+        the rate of iteration $t$, `schedule(t)`. The gradient norm is $\\lVert g\\rVert$ over all trainable
+        parameters together, before weight decay (and before clipping, which Mask R-CNN does not use). It tells you
+        whether the run is healthy: a norm that grows steadily, or jumps by orders of magnitude, comes before a
+        divergence; a lr that is too large for the batch shows here first. The product $\\eta_t \\lVert g\\rVert$
+        is the size of the raw gradient step (momentum makes the actual step up to $1/(1 - 0.9) = 10$ times larger).
+        """),
+        code("""
+        it = np.array([r["iteration"] for r in records])
+        lr = np.array([r["lr"] for r in records])
+        grad_norm = np.array([r["grad_norm"] for r in records])
+        schedule = recipe.schedule()
+        print("the logged lr is the schedule's:", np.array_equal(lr, [schedule(t - 1) for t in it]))
+
+        fig, axes = plt.subplots(1, 2, figsize=(13, 3.6))
+        axes[0].plot(it, grad_norm, lw=0.8)
+        axes[0].set_yscale("log")
+        axes[0].set_title("gradient norm ||g||", fontsize=10)
+        axes[1].plot(it, lr * grad_norm, lw=0.8, color="tab:green")
+        axes[1].set_yscale("log")
+        axes[1].set_title("lr · ||g||", fontsize=10)
+        for ax in axes:
+            ax.set_xlabel("iteration")
+            for step in schedule.steps:
+                ax.axvline(step, color="k", ls=":", lw=1)
+        plt.tight_layout()
+        plt.show()
+        """),
+        md("""
+        ## 5. The same held-out images, as training goes on
+
+        The models kept in section 3, on three images of the `val` split (never trained on). Ground truth on the
+        left, then the model after 0 iterations (its initial weights), and after each stop; detections scoring at
+        least 0.5. The untrained model finds nothing that scores 0.5 (its class scores are all near 1/4); the
+        later models find more of the shapes, with tighter boxes and masks.
+        """),
+        code("""
+        val = ShapesDataset("val", num_images=2 if SMOKE else 25, seed=0)
+        shown = [val[i] for i in range(min(3, len(val)))]
+        fig, axes = plt.subplots(len(shown), len(snapshots) + 1, figsize=(2.9 * (len(snapshots) + 1), 3 * len(shown)),
+                                 squeeze=False)
+        for row, s in enumerate(shown):
+            draw_detections(axes[row, 0], s["image"], s["boxes"], s["labels"], masks=s["masks"],
+                            class_names=cfg.class_names)
+            axes[row, 0].set_title("ground truth", fontsize=9)
+            for col, (iteration, params) in enumerate(snapshots.items(), start=1):
+                pred = predict(params, cfg, [s["image"]])[0]
+                draw_detections(axes[row, col], s["image"], pred["boxes"], pred["labels"], pred["scores"],
+                                pred["masks"], class_names=cfg.class_names, score_threshold=0.5)
+                axes[row, col].set_title(f"after {iteration} iterations", fontsize=9)
+        plt.tight_layout()
+        plt.show()
+        """),
+        md("""
+        And in numbers: COCO box and mask AP of each kept model on the held-out images (`evaluate_model`; notebook 09
+        explains the metric). AP50 counts a detection right at IoU 0.5, AP averages over IoU 0.5 to 0.95.
+        """),
+        code("""
+        print(f"{len(val)} held-out images")
+        print(f"{'iterations':>10} {'box AP':>7} {'box AP50':>9} {'mask AP':>8} {'mask AP50':>10} {'seconds':>8}")
+        for iteration, params in snapshots.items():
+            report = evaluate_model(params, cfg, val)
+            b, m = report["bbox"].summary(), report["segm"].summary()
+            print(f"{iteration:>10} {b['AP']:7.3f} {b['AP50']:9.3f} {m['AP']:8.3f} {m['AP50']:10.3f} "
+                  f"{report['seconds']:8.1f}")
+        if SMOKE:
+            print("(smoke mode: a few iterations on one image each; these numbers mean nothing)")
+        """),
+        md("""
+        ## 6. Checkpoints, and resuming exactly
+
+        A checkpoint is a folder: `weights.npz` holds the parameters, the optimizer's momentum buffers (under
+        `optimizer.velocity.<name>`) and a JSON metadata entry; `config.json` is the model. Nothing else is needed
+        to continue, because nothing random is carried from one iteration to the next: iteration $t$ draws its flips
+        from `default_rng([seed, t, 1])` and its anchor and RoI sampling from `default_rng([seed, t, 2])`, and the
+        data order of epoch $e$ comes from `(seed, e)`. The folder of our run, and the metadata of last/:
+        """),
+        code("""
+        for name in sorted(os.listdir(run_dir)):
+            inside = sorted(os.listdir(os.path.join(run_dir, name))) if os.path.isdir(os.path.join(run_dir, name)) else ""
+            print(f"  {name:<16} {inside}")
+        params, _, meta, velocity = load_checkpoint(os.path.join(run_dir, "last"))
+        print(f"{len(params)} parameters, {len(velocity)} momentum buffers (one per trainable parameter)")
+        for key in ("format", "iteration", "seed", "seconds", "rng"):
+            print(f"  {key}: {meta[key]}")
+        print("  recipe:", meta["recipe"])
+        """),
+        md("""
+        **Resuming is exact.** Train a short run twice: once straight through, once stopped after 2 iterations and
+        resumed. Every parameter and every momentum buffer must be *equal*, not merely close — the same
+        floating-point operations in the same order (`tests/test_train.py::test_resumed_run_is_bit_identical`
+        checks the same):
+        """),
+        code("""
+        short = Recipe(iterations=4, batch_size=1, lr=0.02, warmup_iters=10, eval_every=0, seed=1)
+        few = ShapesDataset("train", num_images=6, seed=0)
+        straight, stopped = tempfile.mkdtemp(prefix="straight-"), tempfile.mkdtemp(prefix="resumed-")
+        quiet = dict(progress=False, print_fn=lambda *a: None)
+        train(cfg, short, few, None, straight, **quiet)
+        train(cfg, short, few, None, stopped, stop_after=2, **quiet)  # as if Ctrl-C after 2 iterations
+        train(cfg, short, few, None, stopped, resume=True, **quiet)  # continue from last/
+        pa, _, _, va = load_checkpoint(os.path.join(straight, "last"))
+        pb, _, _, vb = load_checkpoint(os.path.join(stopped, "last"))
+        print("parameters identical:", all(np.array_equal(pa[k], pb[k]) for k in pa))
+        print("momentum identical:  ", all(np.array_equal(va[k], vb[k]) for k in va))
+        """),
+        md("""
+        On the command line the same is `tinymask train --out runs/quick --resume`, which reads the recipe and the
+        data description from the checkpoint. Ctrl-C during a run writes last/ before it stops. Options given with
+        `--resume` change the run from there on: `--iterations 600` continues a 300-iteration run to 600, but the
+        steps move with it (to 70 % and 90 % of 600), so that is a different schedule from a run started with 600.
+        `train` also refuses to start a fresh run in a folder that already holds one, so a forgotten `--resume`
+        never overwrites a checkpoint. What `tinymask train` writes, and how to train on your own data:
+        [using tinymask](../docs/usage.md).
+        """),
+    ]
+
+
+# =================================================================================================================
+# 11 · kernels: one switch, three backends
+# =================================================================================================================
+
+def nb11():
+    return [
+        md("""
+        # 11 · Kernels: the NumPy reference, Numba on the CPU, CUDA on a GPU
+
+        *Paper:* none — an engineering notebook. The maths of each kernel is on its layer's page: im2col in
+        [convolution](../docs/layers/convolution.md), RoIAlign in [RoI extractors](../docs/layers/roi_extractors.md),
+        NMS in [box logic](../docs/box_logic.md). · *Docs:* [performance](../docs/performance.md) (the design, the
+        compile cache, measured speed) · *Code:* [`tinymask/backend.py`](../tinymask/backend.py),
+        [`tinymask/ops/numpy_ops.py`](../tinymask/ops/numpy_ops.py),
+        [`tinymask/ops/numba_ops.py`](../tinymask/ops/numba_ops.py),
+        [`tinymask/ops/cuda_ops.py`](../tinymask/ops/cuda_ops.py) · *Tests:* `tests/test_backends.py`,
+        `tests/test_cuda_sim.py`
+
+        tinymask is written in NumPy, and the NumPy code is what you read. A few inner routines are loops NumPy runs
+        slowly or in many small pieces — the convolution's im2col / col2im, RoIAlign's sampling and its scatter-add
+        backward, RoIPool, mask pasting, NMS — and only those have compiled twins, one module per backend with the
+        same functions and signatures, chosen by one switch. What you will see:
+
+        1. which backends can run on this machine, and why not when one cannot; the switch and its precedence;
+        2. a convolution, a RoIAlign and an NMS small enough to check by hand, on every backend, and how long the
+           first Numba call takes (it compiles);
+        3. the backends agreeing at real sizes on conv, RoIAlign and NMS, forward and backward (largest absolute
+           differences printed);
+        4. timings, best of $N$ runs.
+
+        In smoke mode (`TINYMASK_SMOKE=1`) the sizes are small and the timings say little; in full mode they are
+        moderate (the [performance](../docs/performance.md) page has timings at Mask R-CNN's real sizes).
+        """),
+        setup("""
+        import time
+
+        from tinymask.backend import available_backends, describe_backends, get_backend, use_backend
+        from tinymask.layers import conv2d_backward, conv2d_forward, roi_align_backward, roi_align_forward
+        from tinymask.nms import nms
+
+        rng = np.random.default_rng(0)
+        """),
+        md("""
+        ## 1. The backends, and the switch
+
+        `available_backends()` returns `{name: (available, reason)}`; `describe_backends()` prints it (it is what
+        `tinymask info` shows). NumPy is always there. Numba needs `pip install numba`; CUDA needs numba-cuda
+        (`pip install "tinymask[cuda]"`) *and* a GPU with its driver — when it cannot run, the reason says which is
+        missing, and everything below simply leaves it out.
+        """),
+        code("""
+        print(describe_backends())
+        status = available_backends()
+        BACKENDS = [name for name, (ok, _) in status.items() if ok]
+        if "cuda" in BACKENDS and os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+            BACKENDS.remove("cuda")  # the simulator runs each GPU thread as a Python thread: for tests at tiny sizes
+            print("\\ncuda: the CUDA simulator is on; left out here (far too slow for these sizes)")
+        for name, (ok, reason) in status.items():
+            if not ok:
+                print(f"\\n{name} cannot run here: {reason}")
+        print("\\ncompared below:", BACKENDS)
+        """),
+        md("""
+        Which backend a call uses, from the most specific choice to the least: the `backend=` argument of a layer
+        call; a `with use_backend(...)` block (or `set_backend`, for the rest of the program); the environment
+        variable `TINYMASK_BACKEND`; otherwise `"numpy"`. A forward pass writes its backend's name into the cache
+        (the last entry of a convolution's cache), and the backward pass runs on that one, since what a compiled
+        forward keeps for its backward is not what the NumPy code keeps.
+        """),
+        code("""
+        x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)  # (N, C, H, W): pixel (y, x) holds 4y + x
+        w = np.array([[[[1.0, 2.0], [3.0, 4.0]]]], dtype=np.float32)  # (F, C, kH, kW)
+        print("selected now:", get_backend())
+        print("a plain call ran on:", conv2d_forward(x, w)[1][-1])
+        for name in BACKENDS:
+            print(f"backend={name!r} ran on:", conv2d_forward(x, w, backend=name)[1][-1])
+            with use_backend(name):
+                print(f"inside use_backend({name!r}): selected {get_backend()!r}, a plain call ran on",
+                      conv2d_forward(x, w)[1][-1])
+        print("after the blocks:", get_backend())
+        """),
+        md("""
+        ## 2. Three examples by hand, on every backend
+
+        **Convolution.** Notebook 02's example: the 4×4 input holding $4y + x$ and the 2×2 filter
+        $\\begin{pmatrix}1 & 2\\\\ 3 & 4\\end{pmatrix}$ give $10\\,x[y, x] + 34$: the first row must read 34, 44, 54.
+
+        **RoIAlign.** Bilinear interpolation reproduces a linear function exactly, so on the map $F[y, x] = 4y + x$
+        the average of a bin's samples is $F$ at the bin's centre. One RoI $(0, 0, 2, 2)$ at scale 1 pooled to a
+        single bin with 2×2 samples: the samples sit at $0.5$ and $1.5$ on each axis, the centre is $(1, 1)$ and the
+        output is $4 + 1 = 5$. With `aligned=True` every coordinate moves by half a cell, $-0.5$, to the centre
+        $(0.5, 0.5)$: $2 + 0.5 = 2.5$ ([RoI extractors](../docs/layers/roi_extractors.md)).
+
+        **NMS.** Boxes A $(0, 0, 10, 10)$ scoring 0.9, B $(1, 0, 11, 10)$ scoring 0.8 and C $(20, 20, 30, 30)$
+        scoring 0.7. A and B overlap in $9 \\times 10 = 90$ pixels of a union of $100 + 100 - 90 = 110$: IoU
+        $= 0.82$, so at threshold 0.5 B is suppressed by A, and C, touching neither, is kept: keep $= [0, 2]$.
+
+        Each backend's first call of each kernel is timed: on Numba it includes compiling the kernel for these
+        argument types, or loading it from the on-disk cache if an earlier process compiled it already.
+        """),
+        code("""
+        F_map = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)  # F[y, x] = 4y + x
+        roi = np.array([[0, 0.0, 0.0, 2.0, 2.0]], dtype=np.float32)  # [batch index, x0, y0, x1, y1]
+        boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [20, 20, 30, 30]], dtype=np.float32)
+        scores = np.array([0.9, 0.8, 0.7], dtype=np.float32)
+
+
+        def first_call(fn):
+            t0 = time.perf_counter()
+            out = fn()
+            return out, time.perf_counter() - t0
+
+
+        for name in BACKENDS:
+            conv, t_conv = first_call(lambda: conv2d_forward(x, w, backend=name)[0])
+            pooled, t_roi = first_call(lambda: [roi_align_forward(F_map, roi, output_size=1, spatial_scale=1.0,
+                                                                  sampling_ratio=2, aligned=a, backend=name)[0].item()
+                                                for a in (False, True)])
+            keep, t_nms = first_call(lambda: nms(boxes, scores, 0.5, backend=name))
+            print(f"{name:>6}: conv row 0 {conv[0, 0, 0]}, RoIAlign {pooled} (aligned False, True), NMS keep {keep}")
+            print(f"        first calls: conv {t_conv:.3f} s, RoIAlign {t_roi:.3f} s, NMS {t_nms:.3f} s")
+        """),
+        md("""
+        **Compile time and the cache.** Numba compiles a kernel the first time it is called with new argument types
+        (a new float dtype, say): one to five seconds per kernel, up to about ten for the first RoIAlign, which
+        compiles the shared geometry helpers too. The kernels are declared `@njit(cache=True)`, so the machine code
+        is written to disk (next to `tinymask/ops/numba_ops.py`, or under `NUMBA_CACHE_DIR` if set) and later
+        processes load it in a fraction of a second. The cache is keyed on `numba_ops.py` alone: after editing a
+        helper it calls from another file (RoIAlign's geometry in `tinymask/layers/roi_align.py`, say), empty the
+        cache or touch `numba_ops.py`. CUDA kernels compile on their first launch too. So every timing below is
+        taken after a warm-up call.
+
+        ## 3. The same results at real sizes
+
+        Three cases, forward and backward, in float32 (the training dtype), each run on every backend and compared
+        with NumPy:
+
+        - a 3×3 convolution with padding 1 (forward output; backward `dx`, `dw`, `db`);
+        - RoIAlign to 7×7 bins, 2×2 samples per bin, on a stride-4 map (a P2 level) with random RoIs of 8 to 128
+          pixels (forward output; backward `dfeatures`, a scatter-add where RoIs overlap);
+        - NMS at IoU 0.7 on random boxes (the list of kept indices must be *identical*).
+
+        The float outputs differ only by rounding: the compiled kernels add the same numbers in another order (a
+        float32 sum of $n$ terms can be off by up to about $n \\cdot 6\\cdot10^{-8}$ of its size), so we print the largest
+        absolute difference and the same relative to the largest value. `tests/test_backends.py` makes the same
+        comparisons in float64 to $10^{-12}$, over many more configurations.
+        """),
+        code("""
+        if SMOKE:
+            N, C, H, W, F_out = 2, 8, 16, 16, 8  # convolution
+            C_roi, H_map, W_map, R = 16, 32, 32, 32  # RoIAlign: channels, map size, RoIs
+            n_boxes = 300  # NMS
+        else:
+            N, C, H, W, F_out = 2, 64, 64, 64, 64
+            C_roi, H_map, W_map, R = 64, 100, 136, 256
+            n_boxes = 2000
+
+        x = rng.standard_normal((N, C, H, W), dtype=np.float32)
+        w = (rng.standard_normal((F_out, C, 3, 3)) / np.sqrt(9 * C)).astype(np.float32)
+        b = rng.standard_normal(F_out).astype(np.float32)
+        dout_conv = rng.standard_normal((N, F_out, H, W), dtype=np.float32)
+
+        features = rng.standard_normal((2, C_roi, H_map, W_map), dtype=np.float32)  # stride 4: image 4·H_map × 4·W_map
+        size = rng.uniform(8, 128, (R, 2))  # RoI widths and heights in pixels
+        corner = rng.uniform(0, 1, (R, 2)) * (np.array([4 * W_map, 4 * H_map]) - size)
+        rois = np.column_stack([rng.integers(0, 2, R), corner, corner + size]).astype(np.float32)  # (R, 5)
+        dout_roi = rng.standard_normal((R, C_roi, 7, 7), dtype=np.float32)
+
+        objects = rng.uniform(0, 800, (n_boxes // 10, 2))  # like proposals: about 10 noisy boxes per object
+        owner = rng.integers(0, len(objects), n_boxes)
+        half = rng.uniform(10, 60, (len(objects), 2))[owner] * rng.uniform(0.8, 1.2, (n_boxes, 2))
+        centres = objects[owner] + rng.normal(0, 5, (n_boxes, 2))
+        nms_boxes = np.concatenate([centres - half, centres + half], axis=1).astype(np.float32)  # (n, 4)
+        nms_scores = rng.random(n_boxes, dtype=np.float32)
+
+
+        def run_conv(name):
+            out, cache = conv2d_forward(x, w, b, padding=1, backend=name)
+            dx, dw, db = conv2d_backward(dout_conv, cache)
+            return {"out": out, "dx": dx, "dw": dw, "db": db}
+
+
+        def run_roi_align(name):
+            out, cache = roi_align_forward(features, rois, output_size=7, spatial_scale=0.25, sampling_ratio=2,
+                                           backend=name)
+            dfeatures, _ = roi_align_backward(dout_roi, cache)
+            return {"out": out, "dfeatures": dfeatures}
+
+
+        def run_nms(name):
+            return {"keep": nms(nms_boxes, nms_scores, 0.7, backend=name)}
+
+
+        CASES = {f"conv 3×3, {C}→{F_out} ch, {N}×{H}×{W}": run_conv,
+                 f"RoIAlign 7×7, {R} RoIs × {C_roi} ch, map {H_map}×{W_map}": run_roi_align,
+                 f"NMS, {n_boxes} boxes, IoU 0.7": run_nms}
+        results = {case: {name: fn(name) for name in BACKENDS} for case, fn in CASES.items()}
+
+        for case, by_backend in results.items():
+            print(case)
+            reference = by_backend["numpy"]
+            for name in BACKENDS[1:]:
+                for key, ref in reference.items():
+                    got = by_backend[name][key]
+                    if ref.dtype.kind in "iu":  # indices: must be identical
+                        print(f"  {name:>6} {key:<10} identical: {np.array_equal(got, ref)} ({len(ref)} kept)")
+                    else:
+                        diff = float(np.max(np.abs(got.astype(np.float64) - ref))) if ref.size else 0.0
+                        scale = float(np.max(np.abs(ref))) if ref.size else 1.0
+                        print(f"  {name:>6} {key:<10} max |diff| {diff:.2e}   relative to max |value| "
+                              f"{diff / scale:.2e}")
+            if len(BACKENDS) == 1:
+                print("  (only NumPy can run here: nothing to compare)")
+        """),
+        md("""
+        ## 4. Timings
+
+        Each case again, timed with `time.perf_counter` as the best of $N$ runs (the minimum is the least disturbed
+        by whatever else the machine is doing; every kernel was warmed up in section 3). Read the ratios rather than
+        the absolute times, and only in full mode: at smoke sizes the fixed cost of each call (validation,
+        allocation, starting threads) dominates.
+        """),
+        code("""
+        REPEAT = 2 if SMOKE else 5
+
+
+        def best_of(fn, repeat=REPEAT):
+            times = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+            return min(times)
+
+
+        timings = {case: {name: best_of(lambda: fn(name)) for name in BACKENDS} for case, fn in CASES.items()}
+        print(f"{'case':<46}" + "".join(f"{name + ' ms':>12}" for name in BACKENDS)
+              + "".join(f"{name + ' vs numpy':>18}" for name in BACKENDS[1:]))
+        for case, t in timings.items():
+            print(f"{case:<46}" + "".join(f"{1e3 * t[name]:12.1f}" for name in BACKENDS)
+                  + "".join(f"{t['numpy'] / t[name]:17.1f}×" for name in BACKENDS[1:]))
+        """),
+        md("""
+        What to expect (the [performance](../docs/performance.md) page has the measurements at Mask R-CNN's real
+        sizes, and why):
+
+        - **Convolution** is a matrix product with a gather on either side, and the matrix product is the same
+          BLAS call on both CPU backends and takes most of the time, so Numba changes little; it helps where col2im's
+          scatter dominates (the mask head's deconvolution).
+        - **RoIAlign** gains a few times: the kernels run the separable formula channels last, so every call
+          transposes the whole feature map and its gradient, which costs about as much as the arithmetic.
+        - **NMS** gains the most: the greedy loop is sequential, exactly what NumPy does worst and a compiled loop
+          does well.
+        - **CUDA** copies every array to the GPU and back on each call, so at these sizes the copies can cost more
+          than the kernels; its atomic scatter-adds make the RoIAlign backward's rounding order vary run to run.
+
+        On a small or busy machine, Numba's OpenMP threads and the BLAS threads compete for the cores: setting
+        `OMP_WAIT_POLICY=passive` in the environment before starting Jupyter often helps (performance page, §5).
+        `benchmarks/bench_kernels.py` times every kernel at the real sizes, with PyTorch alongside when it is
+        installed.
+        """),
+    ]
+
+
 NOTEBOOKS = {
+    "01_tour": nb01,
     "02_layers_and_gradcheck": nb02,
     "03_backbone": nb03,
     "04_anchors_and_box_coding": nb04,
     "05_rpn": nb05,
     "06_roipool_vs_roialign": nb06,
     "07_heads_and_losses": nb07,
+    "08_training": nb08,
     "09_inference_and_evaluation": nb09,
     "10_inspect_weights": nb10,
+    "11_kernels": nb11,
 }
 
 
