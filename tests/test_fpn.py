@@ -9,29 +9,14 @@ import pytest
 from tinymask.backbone.fpn import (TORCHVISION_NAMES, fpn_backward, fpn_forward, fpn_param_shapes, init_fpn_params,
                                    resnet_fpn_backward, resnet_fpn_forward)
 from tinymask.backbone.resnet import ResNetConfig, init_resnet_params, resnet_param_shapes
-from tinymask.gradcheck import numerical_gradient, rel_error
+from tinymask.gradcheck import check_named, rel_error
 from torchvision_fixture import load_tiny_fpn_model, regenerate_weights
 
 TOL = 1e-7
 DATA = Path(__file__).parent / "data"
 
 
-def check_grads(forward, backward, wrt: dict, seed=0) -> dict:
-    """Relative error of every array in `wrt` between `backward` and central differences.
-
-    `forward()` -> (outputs dict, cache) reads the arrays of `wrt` itself (they are nudged in place);
-    `backward(douts, cache)` -> {name: gradient}. A random upstream gradient per output plays the loss
-    L = Σ_k sum(out_k · dout_k).
-    """
-    outs, cache = forward()
-    rng = np.random.default_rng(seed)
-    douts = {k: rng.standard_normal(v.shape) for k, v in outs.items()}
-    analytic = backward(douts, cache)
-
-    def loss():
-        return sum(np.sum(o * douts[k]) for k, o in forward()[0].items())
-
-    return {name: rel_error(analytic[name], numerical_gradient(loss, x)) for name, x in wrt.items()}
+check_grads = check_named  # the dict form of check_layer (tinymask/gradcheck.py)
 
 
 # C2..C5 of a 35×45 image (strides 4..32, rounded up): 9×12, 5×6, 3×3, 2×2; P6 is 1×1. The rows go 2 -> 3 -> 5 -> 9,

@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 
-from tinymask.config import MaskRCNNConfig
 from tinymask.gradcheck import rel_error
 from tinymask.model import LOSS_NAMES, init_params, is_trainable, predict, train_backward, train_forward
 from tiny import tiny_config

@@ -11,7 +11,7 @@ import pytest
 from tinymask.backbone.resnet import (DEPTH_BLOCKS, ResNetConfig, bottleneck_backward, bottleneck_forward,
                                       init_resnet_params, resnet_backward, resnet_forward, resnet_param_shapes,
                                       resnet_stage_backward, resnet_stage_forward, stem_backward, stem_forward)
-from tinymask.gradcheck import numerical_gradient, rel_error
+from tinymask.gradcheck import check_named
 from torchvision_fixture import regenerate_weights
 
 TOL = 1e-7
@@ -20,22 +20,7 @@ DATA = Path(__file__).parent / "data"
 TINY = ResNetConfig(blocks=(1, 2, 1, 1), stem_channels=4, base_channels=2, num_groups=2)
 
 
-def check_grads(forward, backward, wrt: dict, seed=0) -> dict:
-    """Relative error of every array in `wrt` between `backward` and central differences.
-
-    `forward()` -> (outputs dict, cache) reads the arrays of `wrt` itself (they are nudged in place);
-    `backward(douts, cache)` -> {name: gradient} for at least the names in `wrt`. A random upstream gradient per
-    output plays the loss L = Σ_k sum(out_k · dout_k).
-    """
-    outs, cache = forward()
-    rng = np.random.default_rng(seed)
-    douts = {k: rng.standard_normal(v.shape) for k, v in outs.items()}
-    analytic = backward(douts, cache)
-
-    def loss():
-        return sum(np.sum(o * douts[k]) for k, o in forward()[0].items())
-
-    return {name: rel_error(analytic[name], numerical_gradient(loss, x)) for name, x in wrt.items()}
+check_grads = check_named  # the dict form of check_layer (tinymask/gradcheck.py)
 
 
 def random_params(shapes: dict, seed=0) -> dict:

@@ -106,3 +106,21 @@ def check_loss(loss_fn: Callable, inputs: Sequence, *, kwargs: dict | None = Non
     _, grad = loss_fn(*inputs, **kwargs)
     num = numerical_gradient(lambda: loss_fn(*inputs, **kwargs)[0], inputs[0], None, h)
     return rel_error(grad, num)
+
+
+def check_named(forward: Callable, backward: Callable, wrt: dict, *, seed: int = 0, h: float = 1e-6) -> dict:
+    """The dict form of `check_layer`, for networks whose parameters are a `{name: array}` dict (ResNet, FPN).
+
+    `forward()` -> (outputs dict, cache) reads the arrays of `wrt` itself (they are nudged in place);
+    `backward(douts, cache)` -> {name: gradient} for at least the names in `wrt`. A random upstream gradient per
+    output plays the loss L = Σ_k sum(out_k · dout_k). Returns {name: relative error}.
+    """
+    outs, cache = forward()
+    rng = np.random.default_rng(seed)
+    douts = {k: rng.standard_normal(v.shape) for k, v in outs.items()}
+    analytic = backward(douts, cache)
+
+    def loss():
+        return sum(np.sum(o * douts[k]) for k, o in forward()[0].items())
+
+    return {name: rel_error(analytic[name], numerical_gradient(loss, x, None, h)) for name, x in wrt.items()}
