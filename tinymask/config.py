@@ -189,6 +189,7 @@ class MaskRCNNConfig:
                 json.dump(self.to_dict(), f, indent=2)
                 f.flush()
                 os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp makes the file private; a config is an ordinary readable file
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
