@@ -37,6 +37,7 @@ from tinymask.layers import (conv2d_backward, conv2d_forward, conv_transpose2d_b
                              roi_align_backward, roi_align_forward)
 from tinymask.mask_paste import paste_masks_in_image
 from tinymask.nms import nms
+from bench_conv import best_time  # best of `repeat` timed runs after one warm-up (Numba compiles then)
 
 CPU_BACKENDS = [name for name in ("numpy", "numba") if available_backends()[name][0]]
 
@@ -47,16 +48,6 @@ CONV_CASES = [  # (name, kind, x shape, w shape, settings): ResNet-50 at an 800-
     ("7x7/2 stem conv 3->64 @ 800x800", "conv", (1, 3, 800, 800), (64, 3, 7, 7), dict(stride=2, padding=3)),
     ("2x2/2 deconv 256->256 @ 14x14, 100 RoIs", "deconv", (100, 256, 14, 14), (256, 256, 2, 2), dict(stride=2)),
 ]
-
-
-def best_time(fn, repeat: int) -> float:
-    fn()  # warm-up: Numba compiles (or loads its cache), NumPy and BLAS allocate
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def machine() -> str:
