@@ -24,12 +24,22 @@ def total_loss(losses):
     return sum(float(v) for v in losses.values())
 
 
-def check_whole_model(cfg, picks_per_param=2, seed=0, max_params=None):
-    """Analytic vs central-difference gradient of the total loss, on a few entries of every parameter."""
+def check_whole_model(cfg, picks_per_param=2, seed=0, max_params=None, random_biases=False):
+    """Analytic vs central-difference gradient of the total loss, on a few entries of every parameter.
+
+    random_biases: give the head biases small random values instead of zero. A RoI whose features are all zero (it
+    samples only cells a ReLU zeroed, likely on C5's 2x2 map) then still gives ReLU inputs away from the kink at 0,
+    where the central difference would see half a slope and the analytic gradient none.
+    """
     params = init_params(cfg, seed=seed, dtype=np.float64)
     for k in params:  # larger predictor weights, so every loss term has a sizeable gradient
         if "predictor" in k or "cls_logits" in k or "bbox_pred" in k:
             params[k] = params[k] * 30
+    if random_biases:
+        rng = np.random.default_rng(seed + 7)
+        for k in params:
+            if k.startswith("roi_heads.") and k.endswith(".bias"):
+                params[k] = params[k] + 0.1 * rng.standard_normal(params[k].shape)
     images, targets = tiny_batch()
     losses, cache = train_forward(params, cfg, images, targets, np.random.default_rng(0))
     proposals = cache["proposals"]  # held fixed: the RPN's top-k and NMS are not differentiable
@@ -94,6 +104,40 @@ def test_whole_model_gradient_c4():
                       mask_head_layers=[], mask_deconv_channels=4)
     err, *_ = check_whole_model(cfg, picks_per_param=1)
     assert err <= 1e-6
+
+
+@pytest.mark.parametrize("extractor", ["align", "pool"])
+def test_whole_model_gradient_c5(extractor):
+    """Table 2(d)'s backbone: one stride-32 map (C5) and the FPN-style heads."""
+    cfg = tiny_config(backbone="c5", anchor_sizes=[8, 16, 32], roi_extractor=extractor)
+    err, analytic, numeric, names, _ = check_whole_model(cfg, picks_per_param=1, random_biases=True)
+    assert err <= 1e-6
+    assert not any("fpn" in n for n in names)
+    for part in ("layer4", "box_head", "mask_head", "rpn.head"):
+        assert any(part in n and abs(a) > 0 for n, a in zip(names, analytic)), part
+
+
+def test_c5_predicts_and_sizes():
+    cfg = tiny_config(backbone="c5", anchor_sizes=[8, 16, 32], box_score_thresh=0.0)
+    assert cfg.mask_resolution == 2 * cfg.mask_pool_size
+    params = init_params(cfg, dtype=np.float32)
+    assert params["roi_heads.box_head.fc6.weight"].shape[1] == 4 * 2 * 8 * cfg.box_pool_size ** 2  # C5's channels
+    images, _ = tiny_batch(np.float32)
+    results = predict(params, cfg, images)
+    assert len(results) == 2 and all(r["masks"].shape[1:] == (48, 48) for r in results)
+
+
+def test_canonical_size_moves_rois_to_coarser_levels():
+    """FPN Eq. 1's k0 and canonical size are config fields: halving the size moves every RoI one level up."""
+    from tinymask.layers.multiscale_roi import assign_fpn_levels
+    boxes = np.array([[0, 0, 32, 32], [0, 0, 64, 64], [0, 0, 112, 112]], np.float64)
+    assert list(assign_fpn_levels(boxes, 2, 5, 224, 4)) == [2, 2, 3]
+    assert list(assign_fpn_levels(boxes, 2, 5, 112, 4)) == [2, 3, 4]
+    cfg = tiny_config(fpn_canonical_size=24)
+    params = init_params(cfg, dtype=np.float64)
+    images, targets = tiny_batch()
+    losses, cache = train_forward(params, cfg, images, targets, np.random.default_rng(0))
+    assert all(np.isfinite(float(v)) for v in losses.values())
 
 
 def test_image_without_objects_trains_background():

@@ -19,7 +19,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 
-BACKBONES = ("fpn", "c4")
+BACKBONES = ("fpn", "c4", "c5")
 NORMS = ("frozen_bn", "group_norm")
 ROI_EXTRACTORS = ("align", "pool", "warp")
 ROI_MODES = ("avg", "max")
@@ -34,7 +34,8 @@ class MaskRCNNConfig:
     class_names: list = field(default_factory=list)  # index 0 = "background"; empty = unnamed
 
     # --- backbone (ResNet, He et al. 2016; FPN, Lin et al. 2017) --------------------------------------------------
-    backbone: str = "fpn"  # "fpn" (Mask R-CNN Fig. 4 right) or "c4" (Fig. 4 left: stage 5 is the RoI head)
+    backbone: str = "fpn"  # "fpn" (Mask R-CNN Fig. 4 right) or "c4" (Fig. 4 left: stage 5 is the RoI head) or
+    #                        "c5" (Table 2d: one stride-32 map, C5, with Fig. 4 right's heads)
     resnet_blocks: list = field(default_factory=lambda: [3, 4, 6, 3])  # ResNet-50 (ResNet Table 1); 101: [3,4,23,3]
     stem_channels: int = 64  # ResNet Table 1, conv1
     base_channels: int = 64  # planes of stage C2, doubled per stage; a block outputs 4 x planes (ResNet Table 1)
@@ -44,6 +45,8 @@ class MaskRCNNConfig:
     norm_eps: float = 1e-5  # torchvision FrozenBatchNorm2d / GroupNorm default
     stride_in_1x1: bool = False  # torchvision: stride in the 3x3; True = the original MSRA (Caffe) weights
     fpn_channels: int = 256  # FPN §3 ("d = 256")
+    fpn_canonical_size: int = 224  # FPN Eq. 1: a RoI of side 224 (ImageNet's) maps to level fpn_canonical_level
+    fpn_canonical_level: int = 4  # FPN Eq. 1: k0 = 4
 
     # --- anchors (Faster R-CNN §3.1; FPN §4.1: one size per level, three ratios) ---------------------------------
     anchor_sizes: list = field(default_factory=lambda: [32, 64, 128, 256, 512])  # P2..P6 (FPN §4.1)
@@ -125,15 +128,16 @@ class MaskRCNNConfig:
             if bad:
                 raise ValueError(f"group norm with num_groups={self.num_groups} needs every width divisible by it; "
                                  f"these are not: {sorted(set(bad))}")
-        for name in ("min_size", "max_size", "size_divisible", "box_pool_size", "mask_pool_size", "fpn_channels"):
+        for name in ("min_size", "max_size", "size_divisible", "box_pool_size", "mask_pool_size", "fpn_channels",
+                     "fpn_canonical_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"config field {name} must be positive, got {getattr(self, name)}")
 
     @property
     def mask_resolution(self) -> int:
         """Side of the predicted mask (Fig. 4): FPN: the 2x deconv doubles the 14x14 RoI features to 28x28;
-        C4: res5 halves the 14x14 RoI features to 7x7 and the deconv doubles them back to 14x14."""
-        return 2 * self.mask_pool_size if self.backbone == "fpn" else self.box_pool_size
+        C4: res5 halves the 14x14 RoI features to 7x7 and the deconv doubles them back to 14x14. C5 is like FPN."""
+        return self.box_pool_size if self.backbone == "c4" else 2 * self.mask_pool_size
 
     # --- presets ---------------------------------------------------------------------------------------------------
     @classmethod

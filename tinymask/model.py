@@ -16,7 +16,9 @@ written out in order: mask loss → mask head → RoIAlign → pyramid; box loss
 
 Two backbones (§3 "Network Architecture", Fig. 4): `backbone="fpn"` (ResNet-FPN: RPN on P2–P6, RoIs pooled from
 P2–P5 by size, a 2-fc box head, the FCN mask head on 14×14 features) and `backbone="c4"` (ResNet-C4: RPN and RoIs
-on C4, ResNet stage 5 as the box head on 14×14 features, the mask head a deconv on stage 5's 7×7 output).
+on C4, ResNet stage 5 as the box head on 14×14 features, the mask head a deconv on stage 5's 7×7 output). A third,
+`backbone="c5"`, is the one of Table 2(d): the whole ResNet, one stride-32 map C5 for the RPN and the RoIs, and the
+heads of Fig. 4 right ("as the res5 head is not applicable").
 """
 from __future__ import annotations
 
@@ -50,7 +52,7 @@ def resnet_config(cfg: MaskRCNNConfig) -> ResNetConfig:
     return ResNetConfig(blocks=tuple(cfg.resnet_blocks), stem_channels=cfg.stem_channels,
                         base_channels=cfg.base_channels, width_per_group=cfg.width_per_group, norm=cfg.norm,
                         num_groups=cfg.num_groups, eps=cfg.norm_eps, stride_in_1x1=cfg.stride_in_1x1,
-                        return_stages=("C2", "C3", "C4", "C5") if cfg.backbone == "fpn" else ("C4",))
+                        return_stages={"fpn": ("C2", "C3", "C4", "C5"), "c4": ("C4",), "c5": ("C5",)}[cfg.backbone])
 
 
 def num_anchors_per_cell(cfg: MaskRCNNConfig) -> int:
@@ -72,9 +74,10 @@ def init_params(cfg: MaskRCNNConfig, seed: int = 0, dtype=np.float32) -> dict:
     rng = np.random.default_rng(seed)
     rcfg = resnet_config(cfg)
     params = init_resnet_params(rcfg, rng, dtype)
-    if cfg.backbone == "fpn":
-        params.update(init_fpn_params([rcfg.out_channels(s) for s in (2, 3, 4, 5)], cfg.fpn_channels, rng, dtype))
-        channels = cfg.fpn_channels
+    if cfg.backbone in ("fpn", "c5"):
+        if cfg.backbone == "fpn":
+            params.update(init_fpn_params([rcfg.out_channels(s) for s in (2, 3, 4, 5)], cfg.fpn_channels, rng, dtype))
+        channels = cfg.fpn_channels if cfg.backbone == "fpn" else rcfg.out_channels(5)
         params.update(init_box_head_params(channels * cfg.box_pool_size ** 2, cfg.box_head_representation,
                                            cfg.num_classes, rng, dtype))
         mask_in = channels
@@ -94,26 +97,29 @@ def init_params(cfg: MaskRCNNConfig, seed: int = 0, dtype=np.float32) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 
 def backbone_forward(params, cfg, batch):
-    """batch (N, 3, H, W) -> (maps for the RPN, maps for the RoI heads, cache). FPN: P2..P6 and P2..P5; C4: [C4]."""
+    """batch (N, 3, H, W) -> (maps for the RPN, maps for the RoI heads, cache). FPN: P2..P6 and P2..P5; C4: [C4];
+    C5: [C5]."""
     rcfg = resnet_config(cfg)
-    features, c_body = resnet_forward(params, batch, rcfg)  # {"C2": ..., "C5": ...} or {"C4": ...}
-    if cfg.backbone == "c4":
-        return [features["C4"]], [features["C4"]], (c_body, None, None)
+    features, c_body = resnet_forward(params, batch, rcfg)  # {"C2": ..., "C5": ...} or {"C4": ...} or {"C5": ...}
+    if cfg.backbone != "fpn":  # one map, read by the RPN and by the RoI heads
+        stage = rcfg.return_stages[0]  # "C4" or "C5"
+        return [features[stage]], [features[stage]], {"body": c_body, "stage": stage}
     pyramid, c_fpn = fpn_forward(params, features)  # {"P2": ..., "P5": ...} (+ "P6" when the FPN makes it)
     levels = [pyramid[k] for k in ("P2", "P3", "P4", "P5")]
     if "P6" in pyramid:
         p6, c_p6 = pyramid["P6"], None
     else:  # FPN §4.1: P6 is a stride-2 subsampling of P5, for the RPN's largest anchors
         p6, c_p6 = max_pool2d_forward(pyramid["P5"], kernel_size=1, stride=2)
-    return levels + [p6], levels, (c_body, c_fpn, c_p6)
+    return levels + [p6], levels, {"body": c_body, "fpn": c_fpn, "p6": c_p6}
 
 
 def backbone_backward(d_rpn_maps, d_roi_maps, cache):
     """Sum the gradients that reach each map from the RPN and the RoI heads, then run the FPN and ResNet backward."""
-    c_body, c_fpn, c_p6 = cache
-    if c_fpn is None:  # C4
-        _, grads = resnet_backward({"C4": d_rpn_maps[0] + d_roi_maps[0]}, c_body)
+    c_body = cache["body"]
+    if "stage" in cache:  # C4 or C5: one map, read by the RPN and the RoI heads
+        _, grads = resnet_backward({cache["stage"]: d_rpn_maps[0] + d_roi_maps[0]}, c_body)
         return grads
+    c_fpn, c_p6 = cache["fpn"], cache["p6"]
     dP = {k: d_rpn_maps[i] + d_roi_maps[i] for i, k in enumerate(("P2", "P3", "P4", "P5"))}
     if c_p6 is None:
         dP["P6"] = d_rpn_maps[4]
@@ -135,7 +141,8 @@ def roi_features_forward(maps, rois_per_image: list, image_sizes, cfg, output_si
     return multiscale_roi_forward(maps, rois, scales=scales, output_size=output_size,
                                   sampling_ratio=cfg.pooler_sampling_ratio,
                                   aligned=cfg.pooler_aligned and cfg.roi_extractor == "align",
-                                  method=cfg.roi_extractor, mode=mode,
+                                  method=cfg.roi_extractor, mode=mode, canonical_size=cfg.fpn_canonical_size,
+                                  canonical_level=cfg.fpn_canonical_level,
                                   **({} if cfg.roi_extractor == "pool" else {"outside": cfg.pooler_outside}))
 
 
@@ -184,7 +191,7 @@ def train_forward(params, cfg: MaskRCNNConfig, images, targets, rng: np.random.G
     roi_reg_targets = np.concatenate([r["regression_targets"] for r in rois])  # (R, 4)
     positive = [r["labels"] > 0 for r in rois]
 
-    if cfg.backbone == "fpn":
+    if cfg.backbone != "c4":  # FPN or C5: the 2-fc box head on 7x7 features, the FCN mask head on 14x14 ones
         box_feats, c_box_pool = roi_features_forward(roi_maps, [r["boxes"] for r in rois], image_sizes, cfg,
                                                      cfg.box_pool_size)  # (R, C, 7, 7)
         class_logits, box_regression, c_box_head = box_head_forward(params, box_feats)
@@ -237,7 +244,7 @@ def train_backward(cache, loss_weights: dict | None = None) -> dict:
     add(g)
     # Box branch: L_cls, L_box -> box head.
     dlogits, dregression = w["loss_classifier"] * cache["dlogits"], w["loss_box_reg"] * cache["dregression"]
-    if cfg.backbone == "fpn":
+    if cfg.backbone != "c4":
         dbox_feats, g = box_head_backward(dlogits, dregression, cache["c_box_head"])
         add(g)
         d_roi_maps, _ = multiscale_roi_backward(dbox_feats, cache["c_box_pool"])
@@ -276,7 +283,7 @@ def predict(params, cfg: MaskRCNNConfig, images, *, mask_threshold: float | None
     proposals, _ = rpn_proposals(obj_flat, deltas_flat, anchors, counts, image_sizes, cfg, training=False)
 
     box_feats, _ = roi_features_forward(roi_maps, proposals, image_sizes, cfg, cfg.box_pool_size)
-    if cfg.backbone == "fpn":
+    if cfg.backbone != "c4":
         class_logits, box_regression, _ = box_head_forward(params, box_feats)
     else:
         _, class_logits, box_regression, _ = c4_head.forward(params, box_feats, resnet_config(cfg))
@@ -286,7 +293,7 @@ def predict(params, cfg: MaskRCNNConfig, images, *, mask_threshold: float | None
     labels = np.concatenate([d["labels"] for d in detections])
     mask_logits = None
     if len(labels):
-        if cfg.backbone == "fpn":
+        if cfg.backbone != "c4":
             mask_feats, _ = roi_features_forward(roi_maps, det_boxes, image_sizes, cfg, cfg.mask_pool_size)
         else:
             feats, _ = roi_features_forward(roi_maps, det_boxes, image_sizes, cfg, cfg.box_pool_size)
