@@ -7,6 +7,7 @@
     tinymask train --out runs/x --resume       # continue an interrupted run exactly where its checkpoint left off
     tinymask eval --checkpoint runs/x/best     # COCO box and mask AP of a checkpoint, written to eval.json
     tinymask predict a.jpg b.png --checkpoint runs/x/best     # overlays and COCO results in predictions/
+    tinymask ablate                            # the paper's Table 2 ablations in miniature (docs/ablations.md)
 
 Errors a user can fix (a missing file, a malformed annotation file, a config that does not fit) end the command
 with a one-line message and exit status 1, not a traceback. `tinymask COMMAND --help` documents each command.
@@ -324,6 +325,34 @@ checkpoints, last/ and best/ (by mask AP), each a folder with weights.npz and co
 and `tinymask predict` read."""
 
 
+ABLATE_EPILOG = """examples:
+  tinymask ablate                          # every table, quick setting
+  tinymask ablate --setting full           # the setting behind docs/ablations.md
+  tinymask ablate --tables c d --seeds 0 1 2 3   # RoIPool vs RoIAlign only, four seeds
+
+Each run is an ordinary training folder in OUT/runs/<variant>/seed<k>/. A cell of a table is the mean over the
+seeds with their standard deviation; a Δ row is a difference of means with its standard error."""
+
+
+def _ablate(args) -> int:
+    from .ablate import TABLES, ablate, make_setting
+
+    setting = make_setting(args.setting, iterations=args.iterations, seeds=args.seeds, num_train=args.num_train,
+                           num_val=args.num_val, difficulty=args.difficulty, image_size=args.image_size,
+                           lr=args.lr, warmup_iters=args.warmup, clip_grad_norm=args.clip_grad_norm)
+    jobs = args.jobs if args.jobs is not None else max(1, os.cpu_count() or 1)
+    if jobs < 1:
+        raise UsageError("--jobs must be >= 1")
+    tables = [t for t in TABLES if t in args.tables]
+    command = "tinymask ablate " + " ".join(sys.argv[1:][1:]) if sys.argv[1:2] == ["ablate"] else "tinymask ablate"
+    try:
+        ablate(setting, tables, args.out, jobs=jobs, backend=args.backend, command=command.strip())
+    except RuntimeError as e:  # some runs failed; the finished ones are kept
+        print(f"tinymask ablate: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _add_threads(p) -> None:
     p.add_argument("--threads", type=int, metavar="N", help="threads for NumPy's BLAS (default: its own choice, "
                                                            "usually every core; 1 is faster on a busy machine)")
@@ -414,6 +443,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep detections scoring at least S (default 0.5)")
     _add_threads(p)
     p.set_defaults(func=_predict)
+
+    a = sub.add_parser("ablate", help="reproduce the paper's Table 2 ablations in miniature on shapes",
+                       description="Train the variants of Mask R-CNN Table 2 (a)-(e) on synthetic shapes, several "
+                                   "seeds each, and print the paper's tables with its figures beside ours (mask AP "
+                                   "mean and std over seeds). Writes ablations.json, ablations.md and "
+                                   "ablations.png into --out; finished runs are reused, so an interrupted "
+                                   "command continues where it stopped.",
+                       epilog=ABLATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a.add_argument("--setting", choices=("quick", "full"), default="quick",
+                   help="quick: 2 seeds x 300 iterations (~15 min on 2 cores); full: 3 seeds x 900 (docs/ablations.md)")
+    a.add_argument("--tables", nargs="+", choices=tuple("abcde"), default=list("abcde"), metavar="T",
+                   help="which of Table 2 (a)-(e) to run (default all)")
+    a.add_argument("--seeds", type=int, nargs="+", metavar="S", help="override the setting's seeds")
+    a.add_argument("--iterations", type=int, metavar="N", help="override the setting's iterations per run")
+    a.add_argument("--num-train", type=int, metavar="N", help="override the number of training images")
+    a.add_argument("--num-val", type=int, metavar="N", help="override the number of held-out images")
+    a.add_argument("--difficulty", choices=("easy", "hard"), help="shapes variant (default easy)")
+    a.add_argument("--image-size", type=int, metavar="S", help="side of the shapes images (default 256)")
+    a.add_argument("--lr", type=float, help="learning rate after warm-up (default 0.02)")
+    a.add_argument("--warmup", type=int, metavar="N", help="warm-up iterations (default 100)")
+    a.add_argument("--clip-grad-norm", type=float, metavar="C", help="clip the gradient's global norm (default: "
+                                                                     "no clipping, as the paper)")
+    a.add_argument("--jobs", type=int, metavar="J", help="runs at a time, each in its own process with "
+                                                         "cores/J BLAS threads (default: the number of cores)")
+    a.add_argument("--backend", choices=("numpy", "numba", "cuda"), help="kernels (default numba if it works)")
+    a.add_argument("--out", default=os.path.join(RUNS_DIR, "ablate"), metavar="DIR",
+                   help="folder for the runs and the tables (default runs/ablate)")
+    a.set_defaults(func=_ablate)
     return parser
 
 
