@@ -82,6 +82,18 @@ def run(repeat: int) -> list[dict]:
     return rows
 
 
+def run_with_coretype_both(script: str) -> None:
+    """Run `script` with this process's other arguments twice: OPENBLAS_CORETYPE as set (the development machines
+    export Haswell), then unset (OpenBLAS's own detection)."""
+    base = [sys.executable, script] + [a for a in sys.argv[1:] if a != "--coretype-both"]
+    env = dict(os.environ)
+    print(f"== OPENBLAS_CORETYPE={env.get('OPENBLAS_CORETYPE', '(unset)')}", flush=True)
+    subprocess.run(base, env=env, check=True)
+    env.pop("OPENBLAS_CORETYPE", None)
+    print("== OPENBLAS_CORETYPE unset", flush=True)
+    subprocess.run(base, env=env, check=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=5, help="timed repetitions per case; the best is kept")
@@ -90,13 +102,7 @@ def main():
                         help="run twice: OPENBLAS_CORETYPE as set, then unset")
     args = parser.parse_args()
     if args.coretype_both:
-        base = [sys.executable, __file__, "--repeat", str(args.repeat)]
-        env = dict(os.environ)
-        print(f"== OPENBLAS_CORETYPE={env.get('OPENBLAS_CORETYPE', '(unset)')}", flush=True)
-        subprocess.run(base, env=env, check=True)
-        env.pop("OPENBLAS_CORETYPE", None)
-        print("== OPENBLAS_CORETYPE unset", flush=True)
-        subprocess.run(base, env=env, check=True)
+        run_with_coretype_both(__file__)
         return
 
     try:

@@ -1,0 +1,39 @@
+"""The benchmarks' own arithmetic: bench_model's FLOP counter (the timings themselves are not tested)."""
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+
+from bench_model import FlopCounter  # noqa: E402
+
+import tinymask.mask_head  # noqa: E402
+from tinymask.layers.conv import conv2d_forward  # noqa: E402
+from tinymask.model import init_params, train_forward  # noqa: E402
+from tiny import tiny_config  # noqa: E402
+
+
+def test_flop_counter_counts_convs_deconvs_and_linears_where_the_model_calls_them():
+    cfg = tiny_config()
+    R = 5
+    x = np.random.default_rng(0).standard_normal((R, 4, 4, 4))  # (R, C, 4, 4) RoI features for the mask head
+    params = init_params(cfg, dtype=np.float64)
+    with FlopCounter() as c:
+        tinymask.mask_head.mask_head_forward(params, x, cfg)
+    # two 3x3 convs 4->4 on 4x4, a 2x2 deconv 4->4 to 8x8, a 1x1 conv 4->3 on 8x8; 2 FLOPs per multiply-add
+    expected = 2 * R * (2 * 16 * 4 * 4 * 9 + 16 * 4 * 4 * 4 + 64 * 3 * 4)
+    assert c.flops == expected
+    assert tinymask.mask_head.conv2d_forward is conv2d_forward  # the wrappers are removed on exit
+
+
+def test_flop_counter_sees_a_whole_training_forward():
+    cfg = tiny_config()
+    params = init_params(cfg, dtype=np.float64)
+    image = np.random.default_rng(0).random((3, 48, 48))
+    target = {"boxes": np.array([[4.0, 6, 30, 28]]), "labels": np.array([1]),
+              "masks": np.pad(np.ones((22, 26), np.uint8), ((6, 20), (4, 18)))[None]}
+    with FlopCounter() as c:
+        train_forward(params, cfg, [image], [target], np.random.default_rng(0))
+    stem = 2 * 4 * 24 * 24 * 3 * 49  # the 7x7/2 stem conv alone: 4 filters over 24x24 outputs of 3x7x7
+    assert c.flops > stem
