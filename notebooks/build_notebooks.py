@@ -3226,7 +3226,7 @@ def nb12():
            masks on the same held-out image;
         4. reads the committed full results (`docs/ablations/ablations.json`) and shows their tables and chart.
 
-        Full mode trains 4 small models for 300 iterations (about 4 minutes on 2 cores); smoke mode
+        Full mode trains 4 small models for 300 iterations (under 3 minutes on 2 cores); smoke mode
         (`TINYMASK_SMOKE=1`) trains them for 2.
         """),
         setup_one_blas_thread("""
