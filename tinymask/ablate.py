@@ -330,8 +330,8 @@ def run_all(setting: Setting, variants: list, out_dir, *, jobs: int = 1, backend
         log(f"reusing {len(results)} finished run(s) from {os.path.join(os.fspath(out_dir), 'runs')}")
     if not todo:
         return results
-    log(f"training {len(todo)} run(s): {len(variants)} variant(s) x {len(setting.seeds)} seed(s), "
-        f"{setting.iterations} iterations each, {jobs} at a time")
+    log(f"training {len(todo)} of {len(variants) * len(setting.seeds)} run(s) ({len(variants)} variant(s) x "
+        f"{len(setting.seeds)} seed(s)), {setting.iterations} iterations each, {jobs} at a time")
     start = time.perf_counter()
 
     def report(r, done):
