@@ -48,10 +48,6 @@ def flops(kind, x_shape, w_shape, out_shape) -> float:
 
 
 def run(repeat: int) -> list[dict]:
-    try:
-        import torch
-    except ImportError:
-        torch = None
     rng = np.random.default_rng(0)
     rows = []
     for name, kind, x_shape, w_shape, kw in CASES:
@@ -68,18 +64,28 @@ def run(repeat: int) -> list[dict]:
 
         row = {"case": name, "gflop": flops(kind, x_shape, w_shape, out.shape) / 1e9}
         row["tinymask_s"] = best_time(ours, repeat)
-        if torch is not None:
-            tf = torch.nn.functional.conv2d if kind == "conv" else torch.nn.functional.conv_transpose2d
-            tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
-            tdout = torch.tensor(dout)
-
-            def theirs():
-                tx.grad = tw.grad = tb.grad = None
-                tf(tx, tw, tb, **kw).backward(tdout)
-
-            row["torch_s"] = best_time(theirs, repeat)
+        theirs = torch_conv_time(kind, x, w, b, dout, kw, repeat)
+        if theirs is not None:
+            row["torch_s"] = theirs
         rows.append(row)
     return rows
+
+
+def torch_conv_time(kind, x, w, b, dout, kw, repeat):
+    """PyTorch CPU's forward + backward of the same (transposed) convolution, best of `repeat`; None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    tf = torch.nn.functional.conv2d if kind == "conv" else torch.nn.functional.conv_transpose2d
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    tdout = torch.tensor(dout)
+
+    def theirs():
+        tx.grad = tw.grad = tb.grad = None
+        tf(tx, tw, tb, **kw).backward(tdout)
+
+    return best_time(theirs, repeat)
 
 
 def run_with_coretype_both(script: str) -> None:

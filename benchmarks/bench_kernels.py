@@ -37,7 +37,7 @@ from tinymask.layers import (conv2d_backward, conv2d_forward, conv_transpose2d_b
                              roi_align_backward, roi_align_forward)
 from tinymask.mask_paste import paste_masks_in_image
 from tinymask.nms import nms
-from bench_conv import best_time  # best of `repeat` timed runs after one warm-up (Numba compiles then)
+from bench_conv import best_time, torch_conv_time  # best_time: best of `repeat` runs after a warm-up
 
 CPU_BACKENDS = [name for name in ("numpy", "numba") if available_backends()[name][0]]
 
@@ -124,10 +124,6 @@ def _torchvision_roi_align(features, rois, dout, size, repeat):
 
 
 def bench_conv(rng, repeat):
-    try:
-        import torch
-    except ImportError:
-        torch = None
     rows = []
     for name, kind, x_shape, w_shape, kw in CONV_CASES:
         x = rng.standard_normal(x_shape, dtype=np.float32)
@@ -143,16 +139,7 @@ def bench_conv(rng, repeat):
                 _, cache = fwd(x, w, b, backend=backend, **kw)
                 bwd(dout, cache)
             row[backend] = best_time(run, repeat)
-        if torch is not None:
-            tf = torch.nn.functional.conv2d if kind == "conv" else torch.nn.functional.conv_transpose2d
-            tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
-            tdout = torch.tensor(dout)
-
-            def theirs():
-                tx.grad = tw.grad = tb.grad = None
-                tf(tx, tw, tb, **kw).backward(tdout)
-
-            row["torch"] = best_time(theirs, repeat)
+        row["torch"] = torch_conv_time(kind, x, w, b, dout, kw, repeat)  # None without PyTorch
         rows.append(row)
     return rows
 

@@ -143,19 +143,9 @@ def nb02():
                                      sigmoid_forward, sigmoid_backward)
         from tinymask.layers.im2col import im2col, conv_output_size
         from tinymask.gradcheck import check_layer, rel_error
+        from tinymask.visualize import show_numbers  # a small matrix drawn with its values in the cells
 
         rng = np.random.default_rng(0)
-
-
-        def show_numbers(ax, M, title, fmt="{:g}", cmap="Blues"):
-            """A small matrix as a heat map with its values written in the cells."""
-            M = np.asarray(M)
-            ax.imshow(M, cmap=cmap)
-            for (i, j), v in np.ndenumerate(M):
-                ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=8)
-            ax.set_title(title, fontsize=10)
-            ax.set_xticks([])
-            ax.set_yticks([])
         '''),
         md('''
         ## 1. A convolution you can check by hand
@@ -980,19 +970,9 @@ def nb06():
         from tinymask.layers.roi_pool import pool_bin_edges, roi_pool_backward, roi_pool_forward, round_half_away
         from tinymask.layers.roi_warp import quantize_rois, roi_warp_backward, roi_warp_forward
         from tinymask.mask_paste import binarize, paste_masks_in_image
+        from tinymask.visualize import show_numbers  # a small matrix drawn with its values in the cells
 
         rng = np.random.default_rng(0)
-
-
-        def show_numbers(ax, M, title, fmt="{:g}", cmap="Blues"):
-            \"\"\"A small matrix as a heat map with its values written in the cells.\"\"\"
-            M = np.asarray(M)
-            ax.imshow(M, cmap=cmap)
-            for (i, j), v in np.ndenumerate(M):
-                ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=8)
-            ax.set_title(title, fontsize=10)
-            ax.set_xticks([])
-            ax.set_yticks([])
         """),
         md("""
         ## 1. The roundings, drawn
@@ -1389,19 +1369,10 @@ def nb07():
         from tinymask.model import init_params, train_forward
         from tinymask.roi_heads import box_head_forward, box_loss, init_box_head_params
 
+        from tinymask.visualize import show_numbers  # a small matrix drawn with its values in the cells
+
         rng = np.random.default_rng(0)
         cfg = MaskRCNNConfig.preset("small")
-
-
-        def show_numbers(ax, M, title, fmt="{:g}", cmap="Blues"):
-            \"\"\"A small matrix as a heat map with its values written in the cells.\"\"\"
-            M = np.asarray(M)
-            ax.imshow(M, cmap=cmap, vmin=0, vmax=1)
-            for (i, j), v in np.ndenumerate(M):
-                ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=9)
-            ax.set_title(title, fontsize=10)
-            ax.set_xticks([])
-            ax.set_yticks([])
         """),
         md("""
         ## 1. Mask targets

@@ -49,10 +49,12 @@ to `OUT/ablations.json`, `OUT/ablations.md` and `OUT/ablations.png`.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import platform
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -277,7 +279,6 @@ def run_one(variant: str, seed: int, setting: dict, out_dir: str, backend: str |
         except (OSError, ValueError):
             resume = False
         if not resume:
-            import shutil
             shutil.rmtree(directory)
     os.makedirs(directory, exist_ok=True)
     _write_text(os.path.join(directory, "spec.json"), json.dumps(spec, indent=1))
@@ -542,8 +543,6 @@ def plot_tables(tables: dict, path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    import io
 
     fig, axes = plt.subplots(1, len(tables), figsize=(4.2 * len(tables), 4.2), squeeze=False)
     for ax, (key, t) in zip(axes[0], tables.items()):

@@ -167,6 +167,17 @@ def show_ground_truth_vs_prediction(image, gt, pred, class_names=None, score_thr
 # Loss curves from a training log.
 # ---------------------------------------------------------------------------------------------------------------
 
+def show_numbers(ax, M, title, fmt="{:g}", cmap="Blues", vmin=None, vmax=None, fontsize=8):
+    """A small matrix as a heat map with its values written in the cells (the notebooks' hand-checkable examples)."""
+    M = np.asarray(M)
+    ax.imshow(M, cmap=cmap, vmin=vmin, vmax=vmax)
+    for (i, j), v in np.ndenumerate(M):
+        ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=fontsize)
+    ax.set_title(title, fontsize=10)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
 def read_log(log_jsonl_path) -> list[dict]:
     """The records of a JSON-lines log, one dict per line; blank lines are skipped.
 
