@@ -101,10 +101,6 @@ def bench_roi_align(rng, repeat):
             row[name] = best_time(run, repeat)
         row["torch"] = _torchvision_roi_align(features, rois, dout, size, repeat)
         rows.append(row)
-    if "numba" in CPU_BACKENDS:  # what the numba avg path spends on layout: the map to channels last and back
-        from tinymask.ops import numba_ops
-        rows.append({"case": "  of which: P2 map NCHW -> NHWC -> NCHW (numba avg path)",
-                     "numba": best_time(lambda: numba_ops._channels_first(numba_ops._channels_last(features)), repeat)})
     return rows
 
 

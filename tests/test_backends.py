@@ -224,6 +224,17 @@ def test_roi_align_mask_head_size_and_no_rois(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_roi_align_avg_over_several_channel_blocks(dtype):
+    # The Numba avg kernels work on blocks of CHANNEL_BLOCK channels per thread: two full blocks and a narrower last
+    # one, on two images, large enough to run on every thread.
+    from tinymask.ops.numba_ops import CHANNEL_BLOCK
+    F = roi_features(dtype, "avg", (2, 2 * CHANNEL_BLOCK + 6, 12, 15))
+    rois = np.concatenate([ROIS, ROIS[::-1] + [0, 1.5, 0.5, 1.5, 0.5]])
+    check_backends(roi_align_forward, roi_align_backward, (F, rois),
+                   dict(output_size=7, spatial_scale=0.8, sampling_ratio=2, aligned=False))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("mode", ["avg", "max"])
 def test_roi_warp(dtype, mode):
     check_backends(roi_warp_forward, roi_warp_backward, (roi_features(dtype, mode), ROIS),
