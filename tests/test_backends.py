@@ -118,6 +118,11 @@ def test_every_backend_defines_every_kernel_with_one_signature():
             expected = list(inspect.signature(getattr(reference, name)).parameters)
             assert params == expected, f"{module.__name__}.{name}{params} differs from numpy_ops {expected}"
     assert [m.NAME for m in modules[:1 + len(CPU_BACKENDS)]] == ["numpy"] + CPU_BACKENDS
+    for module in modules:  # a backend that runs the implicit-GEMM convolution also has its backward
+        assert isinstance(module.IMPLICIT_GEMM_CONV, bool)
+        if module.IMPLICIT_GEMM_CONV:
+            assert list(inspect.signature(module.conv2d_implicit_gemm_backward).parameters) == [
+                "dout", "x_pad", "w", "stride", "dilation"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -106,6 +106,27 @@ def test_tiled_gemm_and_implicit_gemm(dtype):
 
 
 @simulator_only
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_implicit_gemm_backward(dtype):
+    # dW and dx of the implicit-GEMM convolution against the reference's explicit ones (im2col, two GEMMs, col2im):
+    # two images, sizes off the 16×16 tile, stride and dilation that leave some input pixels in no window.
+    from tinymask.layers.conv import conv2d_backward as layer_backward
+    rng = np.random.default_rng(5)
+    cu = get_ops("cuda")
+    assert cu.IMPLICIT_GEMM_CONV
+    x_pad = rng.standard_normal((2, 3, 8, 7)).astype(dtype)
+    w = rng.standard_normal((5, 3, 3, 2)).astype(dtype)
+    for stride, dilation in [((1, 1), (1, 1)), ((2, 1), (1, 2)), ((3, 2), (2, 1))]:
+        out, cache = conv2d_forward(x_pad, w, stride=stride, dilation=dilation, backend="numpy")
+        dout = rng.standard_normal(out.shape).astype(dtype)
+        dx_ref, dw_ref, _ = layer_backward(dout, cache)
+        dx_pad, dw = cu.conv2d_implicit_gemm_backward(dout, x_pad, w, stride, dilation)
+        assert dx_pad.dtype == dw.dtype == dtype
+        assert_close(dx_pad, dx_ref, f"implicit GEMM dx {stride} {dilation}")
+        assert_close(dw, dw_ref, f"implicit GEMM dW {stride} {dilation}")
+
+
+@simulator_only
 @pytest.mark.parametrize("mode", ["avg", "max"])
 @pytest.mark.parametrize("aligned", [False, True])
 @pytest.mark.parametrize("outside", ["zero", "edge"])
@@ -204,6 +225,8 @@ def test_kernels_compile_to_ptx(monkeypatch):
             (co._col2im_kernel, (arr(ft, 3), arr(ft, 4)) + (i64,) * 8),
             (co._make_gemm(ft), (arr(ft, 3),) * 3),
             (co._make_implicit_gemm_conv(ft), (arr(ft, 4), arr(ft, 2), arr(ft, 4)) + (i64,) * 7),
+            (co._make_implicit_gemm_conv_dw(ft), (arr(ft, 4), arr(ft, 4), arr(ft, 2)) + (i64,) * 6),
+            (co._make_implicit_gemm_conv_dx(ft), (arr(ft, 4), arr(ft, 2), arr(ft, 4)) + (i64,) * 6),
             (co._roi_align_fwd_kernel,
              (arr(ft, 4), arr(T.float64, 2), arr(i64, 1), T.float64, i64, b1, b1, b1, arr(ft, 4), arr(T.int32, 4))),
             (co._roi_align_bwd_kernel,

@@ -113,6 +113,9 @@ def conv2d_forward(x, w, b=None, *, stride=1, padding=0, dilation=1, backend=Non
     the backward into two matrix products at the price of holding kH·kW copies of the input until then.
     backend: where im2col, col2im and the matrix products run ("numpy", "numba", "cuda"; default the selected one,
     tinymask/backend.py); the NumPy versions are `im2col.py`'s. The backward runs on the forward's backend.
+    On a backend with `IMPLICIT_GEMM_CONV` (CUDA) the product and the gather are one kernel that never stores `cols`
+    (an implicit GEMM, tinymask/ops/cuda_ops.py); the cache keeps the padded input instead, and the backward is two
+    more implicit GEMMs. The maths is the same.
     """
     stride, padding, dilation = _check_conv_args(x, w, b, stride, padding, dilation)
     N, C, H, W = x.shape
@@ -120,27 +123,36 @@ def conv2d_forward(x, w, b=None, *, stride=1, padding=0, dilation=1, backend=Non
     Ho = conv_output_size(H, kh, stride[0], padding[0], dilation[0])
     Wo = conv_output_size(W, kw, stride[1], padding[1], dilation[1])
     ops = get_ops(backend)  # im2col and matmul of the selected backend (tinymask/ops/)
-    cols = ops.im2col(_pad(x, padding), (kh, kw), stride, dilation)  # (N, C·kH·kW, Ho·Wo)
-    w_rows = w.reshape(F, C * kh * kw)  # (F, C·kH·kW)
-    out = ops.matmul(w_rows, cols)  # (N, F, Ho·Wo): out_n = W @ cols_n
+    x_pad = _pad(x, padding)  # (N, C, H + 2ph, W + 2pw)
+    if ops.IMPLICIT_GEMM_CONV:
+        saved = x_pad
+        out = ops.conv2d_implicit_gemm(x_pad, w, stride, dilation).reshape(N, F, Ho * Wo)  # W @ cols, cols unstored
+    else:
+        saved = cols = ops.im2col(x_pad, (kh, kw), stride, dilation)  # (N, C·kH·kW, Ho·Wo)
+        w_rows = w.reshape(F, C * kh * kw)  # (F, C·kH·kW)
+        out = ops.matmul(w_rows, cols)  # (N, F, Ho·Wo): out_n = W @ cols_n
     if b is not None:
         out += b[:, None]
     out = out.reshape(N, F, Ho, Wo)
-    return out, (x.shape, w, b is not None, cols, stride, padding, dilation, ops.NAME)
+    return out, (x.shape, w, b is not None, saved, stride, padding, dilation, ops.NAME)
 
 
 def conv2d_backward(dout, cache):
     """Gradients of a convolution: (dx (N, C, H, W), dw (F, C, kH, kW), db (F,) or None)."""
-    x_shape, w, has_bias, cols, stride, padding, dilation, backend = cache
+    x_shape, w, has_bias, saved, stride, padding, dilation, backend = cache
     ops = get_ops(backend)  # the forward's backend
     N, C, H, W = x_shape
     F, _, kh, kw = w.shape
     Ho, Wo = dout.shape[2:]
-    dout_rows = dout.reshape(N, F, Ho * Wo)  # (N, F, Ho·Wo)
-    dw = ops.matmul(dout_rows, cols.transpose(0, 2, 1)).sum(axis=0).reshape(w.shape)  # dW = Σ_n dout_n @ cols_nᵀ
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None  # db = Σ_{n,y,x} dout
-    dcols = ops.matmul(w.reshape(F, C * kh * kw).T, dout_rows)  # (N, C·kH·kW, Ho·Wo): dcols = Wᵀ @ dout
     ph, pw = padding
-    dx_pad = ops.col2im(dcols, (N, C, H + 2 * ph, W + 2 * pw), (kh, kw), stride, dilation, (Ho, Wo))
+    if ops.IMPLICIT_GEMM_CONV:  # saved is x_pad: the two products below, each with cols gathered on the fly
+        dx_pad, dw = ops.conv2d_implicit_gemm_backward(dout, saved, w, stride, dilation)
+    else:
+        cols = saved  # (N, C·kH·kW, Ho·Wo)
+        dout_rows = dout.reshape(N, F, Ho * Wo)  # (N, F, Ho·Wo)
+        dw = ops.matmul(dout_rows, cols.transpose(0, 2, 1)).sum(axis=0).reshape(w.shape)  # dW = Σ_n dout_n @ cols_nᵀ
+        dcols = ops.matmul(w.reshape(F, C * kh * kw).T, dout_rows)  # (N, C·kH·kW, Ho·Wo): dcols = Wᵀ @ dout
+        dx_pad = ops.col2im(dcols, (N, C, H + 2 * ph, W + 2 * pw), (kh, kw), stride, dilation, (Ho, Wo))
     dx = dx_pad[:, :, ph:ph + H, pw:pw + W]  # drop the padding's gradient: (N, C, H, W)
     return np.ascontiguousarray(dx), dw, db

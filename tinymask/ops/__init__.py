@@ -12,6 +12,8 @@ signatures (shapes in the layer files' docstrings):
     col2im(cols, padded_shape, kernel, stride, dilation, out_hw) -> x_pad
     matmul(a, b) -> a @ b   (np.matmul on CPU: BLAS does the GEMM; a tiled kernel on CUDA)
     conv2d_implicit_gemm(x_pad, w, stride, dilation) -> out                           (im2col and GEMM in one)
+    conv2d_implicit_gemm_backward(dout, x_pad, w, stride, dilation) -> (dx_pad, dw)  (backends with
+                                                       IMPLICIT_GEMM_CONV only)
     roi_align_forward(features, rois, batch, output_size, spatial_scale, sampling_ratio, aligned, mode,
                       zero_outside) -> (out, saved)                                  tinymask/layers/roi_align.py
     roi_align_backward(dout, saved, features_shape, rois, batch, output_size, spatial_scale, sampling_ratio,
@@ -20,6 +22,9 @@ signatures (shapes in the layer files' docstrings):
     roi_pool_backward(dout, argmax, batch, features_shape) -> dfeatures
     paste_masks(padded, int_boxes, image_hw) -> (N, H, W)                            tinymask/mask_paste.py
     nms(boxes, scores, iou_threshold) -> keep                                        tinymask/nms.py
+
+`IMPLICIT_GEMM_CONV` says how `conv2d_forward` runs on a backend: False (CPU), im2col + `matmul`, keeping `cols` for
+the backward; True (CUDA), `conv2d_implicit_gemm`, keeping the padded input, and `conv2d_implicit_gemm_backward`.
 
 Inputs arrive validated (the layer checked them). Each compiled wrapper normalises what it is given (C-contiguous
 arrays, int64 indices, float64 RoIs, Python scalars), so that each kernel compiles once per float dtype and never

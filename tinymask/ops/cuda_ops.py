@@ -15,7 +15,10 @@ How the work is split over threads (the one-line version of each kernel):
   `syncthreads`, and accumulating 16 products per thread from the fast shared copies.
 - conv2d_implicit_gemm: the same tiled GEMM, `out_n = W @ cols_n`, except that the tile of `cols` is never stored
   in global memory: each thread computes which input pixel im2col would have put there and loads it straight into
-  shared memory ("implicit GEMM").
+  shared memory ("implicit GEMM"). This is what the convolution layer runs on this backend (`IMPLICIT_GEMM_CONV`),
+  and its backward, conv2d_implicit_gemm_backward, is two more such GEMMs: `dW = Σ_n dout_n colsᵀ` with the
+  reduction over every image and pixel and the tile of colsᵀ gathered from the input, and `dx = col2im(Wᵀ dout)`
+  with each input pixel gathering the taps that reach it. The im2col matrix never exists on the GPU.
 - RoIAlign / RoIPool forward: one thread per output element; backward: one thread per upstream gradient element,
   scattering with `cuda.atomic.add`, since bins of overlapping RoIs add into the same feature cells. The sample
   geometry is `roi_align.py`'s `roi_bins_1d`, `sample_coords`, `linear_interp_1d`, compiled as device functions.
@@ -42,6 +45,7 @@ from ..layers.roi_align import linear_interp_1d, roi_bins_1d, sample_coords
 from ..layers.roi_pool import round_half_away
 
 NAME = "cuda"
+IMPLICIT_GEMM_CONV = True  # conv2d_forward runs conv2d_implicit_gemm and keeps x_pad, not cols
 TPB = 128  # threads per block of the 1-D launches
 MAX_BLOCKS = 1024  # 1-D launches use grid-stride loops, so a grid this size covers any array
 TILE = 16  # GEMM tile: 16×16 threads per block, two 16×16 shared-memory tiles
@@ -181,8 +185,83 @@ def _make_implicit_gemm_conv(dtype):
     return conv
 
 
+def _make_implicit_gemm_conv_dw(dtype):
+    """dW = Σ_n dout_n @ cols_nᵀ as one tiled GEMM whose reduction runs over every image and output pixel; the tile
+    of colsᵀ is gathered from the input as in the forward."""
+
+    @cuda.jit
+    def conv_dw(dout, x_pad, grad_w, kh, kw, sh, sw, dh, dw):
+        sD = cuda.shared.array((TILE, TILE), dtype)
+        sX = cuda.shared.array((TILE, TILE), dtype)
+        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+        f, r = cuda.blockIdx.y * TILE + ty, cuda.blockIdx.x * TILE + tx  # this thread's element of grad_w (F, R)
+        N, F, Ho, Wo = dout.shape
+        R = grad_w.shape[1]  # C·kH·kW
+        P = Ho * Wo
+        acc = dtype(0)
+        for k0 in range(0, N * P, TILE):  # the reduction index k = n·P + pixel
+            k = k0 + tx  # sD[ty, tx] = dout[n, f, pixel]
+            if f < F and k < N * P:
+                n, pix = k // P, k % P
+                sD[ty, tx] = dout[n, f, pix // Wo, pix % Wo]
+            else:
+                sD[ty, tx] = 0
+            k = k0 + ty  # sX[ty, tx] = cols[n, r, pixel]: the input pixel that im2col row r of that pixel reads
+            if r < R and k < N * P:
+                n, pix = k // P, k % P
+                c, i, j = r // (kh * kw), (r // kw) % kh, r % kw
+                sX[ty, tx] = x_pad[n, c, (pix // Wo) * sh + i * dh, (pix % Wo) * sw + j * dw]
+            else:
+                sX[ty, tx] = 0
+            cuda.syncthreads()
+            for kk in range(TILE):
+                acc += sD[ty, kk] * sX[kk, tx]
+            cuda.syncthreads()
+        if f < F and r < R:
+            grad_w[f, r] = acc
+
+    return conv_dw
+
+
+def _make_implicit_gemm_conv_dx(dtype):
+    """dx_pad_n = col2im(Wᵀ @ dout_n) as one tiled GEMM: each padded input pixel (yy, xx) of channel c sums
+    W[f, c, i, j] · dout[n, f, y, x] over the taps (f, i, j) whose window put it there, i.e. yy = y·sh + i·dh and
+    xx = x·sw + j·dw for an output pixel (y, x). Each output element is written once: no atomics."""
+
+    @cuda.jit
+    def conv_dx(dout, w_t, dx_pad, kh, kw, sh, sw, dh, dw):
+        sW = cuda.shared.array((TILE, TILE), dtype)
+        sD = cuda.shared.array((TILE, TILE), dtype)
+        tx, ty, n = cuda.threadIdx.x, cuda.threadIdx.y, cuda.blockIdx.z
+        c, q = cuda.blockIdx.y * TILE + ty, cuda.blockIdx.x * TILE + tx  # input channel, padded pixel yy·Wp + xx
+        C, K = w_t.shape  # w_t[c, (f·kH + i)·kW + j] = W[f, c, i, j]; K = F·kH·kW
+        Hp, Wp = dx_pad.shape[2], dx_pad.shape[3]
+        Ho, Wo = dout.shape[2], dout.shape[3]
+        acc = dtype(0)
+        for k0 in range(0, K, TILE):
+            sW[ty, tx] = w_t[c, k0 + tx] if c < C and k0 + tx < K else 0
+            k = k0 + ty  # sD[ty, tx] = dout[n, f, y, x] if tap k = (f, i, j) reaches pixel q from some (y, x), else 0
+            v = dtype(0)
+            if k < K and q < Hp * Wp:
+                f, i, j = k // (kh * kw), (k // kw) % kh, k % kw
+                oy, ox = q // Wp - i * dh, q % Wp - j * dw  # = y·sh and x·sw, if such an output pixel exists
+                if oy >= 0 and ox >= 0 and oy % sh == 0 and ox % sw == 0 and oy // sh < Ho and ox // sw < Wo:
+                    v = dout[n, f, oy // sh, ox // sw]
+            sD[ty, tx] = v
+            cuda.syncthreads()
+            for kk in range(TILE):
+                acc += sW[ty, kk] * sD[kk, tx]
+            cuda.syncthreads()
+        if c < C and q < Hp * Wp:
+            dx_pad[n, c, q // Wp, q % Wp] = acc
+
+    return conv_dx
+
+
 _GEMM = {}
 _CONV = {}
+_CONV_DW = {}
+_CONV_DX = {}
 
 
 def _kernel(table, make, dtype):
@@ -223,6 +302,29 @@ def conv2d_implicit_gemm(x_pad, w, stride, dilation):
     _kernel(_CONV, _make_implicit_gemm_conv, x_pad.dtype)[blocks, (TILE, TILE)](
         _to_device(x_pad), _to_device(w.reshape(F, C * kh * kw)), d_out, kh, kw, sh, sw, dh, dw, Wo)
     return d_out.copy_to_host()
+
+
+def conv2d_implicit_gemm_backward(dout, x_pad, w, stride, dilation):
+    """The backward of conv2d_implicit_gemm, without cols either: dout (N, F, Ho, Wo), x_pad (N, C, Hp, Wp),
+    w (F, C, kH, kW) -> dx_pad (N, C, Hp, Wp), dw (F, C, kH, kW)."""
+    N, C, Hp, Wp = x_pad.shape
+    F, _, kh, kw = w.shape
+    (sh, sw), (dh, dw) = stride, dilation
+    dtype = x_pad.dtype
+    dx_pad = np.zeros((N, C, Hp, Wp), dtype=dtype)
+    grad_w = np.zeros((F, C * kh * kw), dtype=dtype)
+    if dout.size == 0:
+        return dx_pad, grad_w.reshape(w.shape)
+    d_dout = _to_device(dout, dtype)
+    d_grad_w, d_dx = cuda.to_device(grad_w), cuda.to_device(dx_pad)
+    blocks = ((C * kh * kw + TILE - 1) // TILE, (F + TILE - 1) // TILE)
+    _kernel(_CONV_DW, _make_implicit_gemm_conv_dw, dtype)[blocks, (TILE, TILE)](
+        d_dout, _to_device(x_pad), d_grad_w, kh, kw, sh, sw, dh, dw)
+    w_t = w.transpose(1, 0, 2, 3).reshape(C, F * kh * kw)  # (C, F·kH·kW)
+    blocks = ((Hp * Wp + TILE - 1) // TILE, (C + TILE - 1) // TILE, N)
+    _kernel(_CONV_DX, _make_implicit_gemm_conv_dx, dtype)[blocks, (TILE, TILE)](
+        d_dout, _to_device(w_t, dtype), d_dx, kh, kw, sh, sw, dh, dw)
+    return d_dx.copy_to_host(), d_grad_w.copy_to_host().reshape(w.shape)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from ..layers.roi_align import linear_interp_1d, roi_bins_1d, sample_coords
 from ..layers.roi_pool import round_half_away
 
 NAME = "numba"
+IMPLICIT_GEMM_CONV = False  # conv2d_forward builds cols with im2col and keeps it for the backward
 
 matmul = np.matmul  # the GEMM stays with BLAS; the kernels below are the gathers and scatters around it
 
@@ -211,7 +212,7 @@ def _bin_table(lo, hi, spatial_scale, n_bins, sampling_ratio, aligned, zero_outs
     return first, width, A, nz_lo, nz_hi
 
 
-CHANNEL_BLOCK = 32  # channels per block of the avg kernels: 4 AVX2 registers of float32; the scratch is H·W·32 per thread
+CHANNEL_BLOCK = 32  # channels per block of the avg kernels (4 AVX2 registers of float32); scratch: H·W·32 per thread
 
 
 @njit(cache=True, fastmath={"contract"})

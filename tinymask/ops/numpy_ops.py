@@ -17,6 +17,7 @@ from ..mask_paste import paste_masks_numpy as paste_masks
 from ..nms import nms_numpy as nms
 
 NAME = "numpy"
+IMPLICIT_GEMM_CONV = False  # conv2d_forward builds cols with im2col and keeps it for the backward
 
 matmul = np.matmul  # BLAS: the GEMM of the convolutions stays here on every CPU backend
 
