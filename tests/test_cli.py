@@ -126,3 +126,29 @@ def test_errors_are_one_line(argv, message, tmp_path, capsys):
     assert code == 1
     assert message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1, err
+
+
+def test_backend_option_runs_the_command_on_that_backend_and_restores_the_choice(tmp_path, capsys, monkeypatch):
+    from tinymask.backend import available_backends, get_backend
+    monkeypatch.delenv("TINYMASK_BACKEND", raising=False)
+    config = tmp_path / "tiny.json"
+    tiny_config().save(config)
+    name = "numba" if available_backends()["numba"][0] else "numpy"
+    seen = []
+    import tinymask.train
+    real_train = tinymask.train.train  # what the command calls, to see the backend it runs under
+    monkeypatch.setattr(tinymask.train, "train", lambda *a, **k: (seen.append(get_backend()), real_train(*a, **k))[1])
+    assert main(["train", "--config", str(config), "--num-train", "2", "--num-val", "1", "--iterations", "1",
+                 "--batch-size", "1", "--eval-every", "0", "--out", str(tmp_path / "r"), "--no-progress",
+                 "--backend", name]) == 0
+    assert seen == [name] and f"kernels: {name} backend" in capsys.readouterr().out
+    assert get_backend() == "numpy"  # the command's choice does not outlive it
+
+
+def test_unavailable_backend_is_a_one_line_error(tmp_path, capsys):
+    from tinymask.backend import available_backends
+    if available_backends()["cuda"][0]:
+        pytest.skip("this machine can run the cuda backend")
+    code = main(["eval", "--checkpoint", str(tmp_path / "none"), "--backend", "cuda"])
+    err = capsys.readouterr().err
+    assert code == 1 and "--backend cuda" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -15,6 +15,7 @@ with a one-line message and exit status 1, not a traceback. `tinymask COMMAND --
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -226,6 +227,8 @@ def _train(args) -> int:
               f"lr {recipe.lr:g} (warm-up {recipe.warmup_iters}, x{recipe.gamma:g} at "
               f"{', '.join(str(s) for s in recipe.schedule().steps) or 'no step'}), evaluating every "
               f"{recipe.eval_every or recipe.iterations} iterations; writing to {out}")
+    from .backend import get_backend
+    print(f"  kernels: {get_backend()} backend")
     train(cfg, recipe, train_set, val_set, out, resume=args.resume, data_info=info,
           progress=not args.no_progress)
     return 0
@@ -358,6 +361,12 @@ def _add_threads(p) -> None:
                                                            "usually every core; 1 is faster on a busy machine)")
 
 
+def _add_backend(p) -> None:
+    p.add_argument("--backend", choices=("numpy", "numba", "cuda"),
+                   help="where the hot loops run (default: $TINYMASK_BACKEND, else numpy, the readable reference; "
+                        "numba is the fast CPU choice; `tinymask info` lists what this machine has)")
+
+
 def _add_model_source(p, what: str) -> None:
     p.add_argument("--checkpoint", metavar="DIR", help=f"a checkpoint folder (config.json + weights.npz) to {what}")
     p.add_argument("--config", metavar="C.json", help="a model config (MaskRCNNConfig JSON), with --weights")
@@ -416,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "given with it change the run from there")
     g.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     _add_threads(g)
+    _add_backend(g)
     t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="COCO box and mask AP of a trained model",
@@ -431,6 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", metavar="FILE.json", help="where to write the results (default: eval.json in the "
                                                       "checkpoint folder, or ./eval.json)")
     _add_threads(e)
+    _add_backend(e)
     e.set_defaults(func=_eval)
 
     p = sub.add_parser("predict", help="detect and segment image files, draw the results",
@@ -442,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score-threshold", type=float, default=0.5, metavar="S",
                    help="keep detections scoring at least S (default 0.5)")
     _add_threads(p)
+    _add_backend(p)
     p.set_defaults(func=_predict)
 
     a = sub.add_parser("ablate", help="reproduce the paper's Table 2 ablations in miniature on shapes",
@@ -488,8 +500,18 @@ def main(argv=None) -> int:
 
     from .train import TrainingDiverged
 
+    from .backend import resolve_backend, use_backend
+
+    backend = getattr(args, "backend", None) if args.command != "ablate" else None  # ablate passes it to its runs
+    if backend is not None:
+        try:
+            resolve_backend(backend)
+        except RuntimeError as e:  # not available here: the reason, e.g. "numba-cuda not installed"
+            print(f"tinymask {args.command}: error: --backend {backend}: {e}", file=sys.stderr)
+            return 1
     try:
-        return args.func(args)
+        with use_backend(backend) if backend else contextlib.nullcontext():
+            return args.func(args)
     except TrainingDiverged as e:
         print(f"tinymask {args.command}: {e}", file=sys.stderr)
         return 1
