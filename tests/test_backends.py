@@ -232,11 +232,13 @@ def test_roi_align_mask_head_size_and_no_rois(dtype):
 def test_roi_align_avg_over_several_channel_blocks(dtype):
     # The Numba avg kernels work on blocks of CHANNEL_BLOCK channels per thread: two full blocks and a narrower last
     # one, on two images, large enough to run on every thread.
+    # Their per-thread scratch buffer is kept between calls: a larger map, a smaller one with fewer channels (whose
+    # last block is narrower than the buffer), then the larger again, must each give the reference's numbers.
     from tinymask.ops.numba_ops import CHANNEL_BLOCK
-    F = roi_features(dtype, "avg", (2, 2 * CHANNEL_BLOCK + 6, 12, 15))
     rois = np.concatenate([ROIS, ROIS[::-1] + [0, 1.5, 0.5, 1.5, 0.5]])
-    check_backends(roi_align_forward, roi_align_backward, (F, rois),
-                   dict(output_size=7, spatial_scale=0.8, sampling_ratio=2, aligned=False))
+    for shape in [(2, 2 * CHANNEL_BLOCK + 6, 12, 15), (2, CHANNEL_BLOCK + 3, 9, 10), (2, 2 * CHANNEL_BLOCK + 6, 12, 15)]:
+        check_backends(roi_align_forward, roi_align_backward, (roi_features(dtype, "avg", shape), rois),
+                       dict(output_size=7, spatial_scale=0.8, sampling_ratio=2, aligned=False))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
