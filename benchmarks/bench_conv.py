@@ -39,6 +39,20 @@ def best_time(fn, repeat: int) -> float:
     return min(times)
 
 
+def best_times(fns: dict, repeat: int) -> dict:
+    """{name: best of `repeat` runs} for several functions timed in interleaved rounds (a, b, c, a, b, c, ...) after
+    one warm-up each, so that a slow spell of a shared machine falls on every contender alike."""
+    for fn in fns.values():
+        fn()
+    best = {name: float("inf") for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
+
+
 def flops(kind, x_shape, w_shape, out_shape) -> float:
     if kind == "conv":
         macs = np.prod(out_shape) * np.prod(w_shape[1:])  # every output: C_in·kH·kW multiply-adds
@@ -71,8 +85,9 @@ def run(repeat: int) -> list[dict]:
     return rows
 
 
-def torch_conv_time(kind, x, w, b, dout, kw, repeat):
-    """PyTorch CPU's forward + backward of the same (transposed) convolution, best of `repeat`; None without torch."""
+def torch_conv_fn(kind, x, w, b, dout, kw):
+    """PyTorch CPU's forward + backward of the same (transposed) convolution, as a function to time; None without
+    torch."""
     try:
         import torch
     except ImportError:
@@ -85,7 +100,13 @@ def torch_conv_time(kind, x, w, b, dout, kw, repeat):
         tx.grad = tw.grad = tb.grad = None
         tf(tx, tw, tb, **kw).backward(tdout)
 
-    return best_time(theirs, repeat)
+    return theirs
+
+
+def torch_conv_time(kind, x, w, b, dout, kw, repeat):
+    """Best of `repeat` runs of torch_conv_fn's function; None without torch."""
+    fn = torch_conv_fn(kind, x, w, b, dout, kw)
+    return None if fn is None else best_time(fn, repeat)
 
 
 def run_with_coretype_both(script: str) -> None:

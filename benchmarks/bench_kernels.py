@@ -9,12 +9,12 @@ threads need for the next matrix product (and the other way round); OMP_WAIT_POL
 NUMBA_THREADING_LAYER=workqueue) avoids it. The header prints both settings.
 
 Cases (float32, forward + backward unless said otherwise; every time is the best of --repeat runs after a warm-up
-run, so Numba's compilation is not counted; the CUDA backend is not timed here):
+run, so Numba's compilation is not counted; the contenders of a case run in interleaved rounds, numpy, numba, torch,
+numpy, ..., so that a slow spell of a shared machine falls on all of them; the CUDA backend is not timed here):
 
 - RoIAlign, 512 RoIs × 256 channels on an FPN P2 map (1, 256, 200, 272): an 800×1088 image at stride 4, boxes of
   16-112 pixels (the sizes FPN Eq. 1 sends to P2), sampling_ratio 2, 7×7 (box head) and 14×14 (mask head):
-  numba vs numpy, and vs torchvision.ops.roi_align when torchvision is installed; plus the time the numba path
-  spends moving the map to channels last and back (its two transposes).
+  numba vs numpy, and vs torchvision.ops.roi_align when torchvision is installed.
 - Convolutions on ResNet-50 shapes and the mask head's 2×2/2 deconvolution: numpy and numba backends (im2col / col2im
   around the same BLAS GEMM) vs torch.nn.functional.
 - Inference: NMS on 2000 RPN boxes at IoU 0.7, pasting 100 28×28 masks into an 800×1088 image.
@@ -37,7 +37,7 @@ from tinymask.layers import (conv2d_backward, conv2d_forward, conv_transpose2d_b
                              roi_align_backward, roi_align_forward)
 from tinymask.mask_paste import paste_masks_in_image
 from tinymask.nms import nms
-from bench_conv import best_time, torch_conv_time  # best_time: best of `repeat` runs after a warm-up
+from bench_conv import best_times, torch_conv_fn  # best_times: best of `repeat` interleaved runs after a warm-up
 
 CPU_BACKENDS = [name for name in ("numpy", "numba") if available_backends()[name][0]]
 
@@ -94,17 +94,22 @@ def bench_roi_align(rng, repeat):
         kw = dict(output_size=size, spatial_scale=0.25, sampling_ratio=2, aligned=False)
         dout = rng.standard_normal((len(rois), 256, size, size), dtype=np.float32)
         row = {"case": f"RoIAlign fwd+bwd 512 RoIs x 256 ch, {size}x{size}, P2 200x272"}
+        fns = {}
         for name in CPU_BACKENDS:
             def run(name=name):
                 _, cache = roi_align_forward(features, rois, backend=name, **kw)
                 roi_align_backward(dout, cache)
-            row[name] = best_time(run, repeat)
-        row["torch"] = _torchvision_roi_align(features, rois, dout, size, repeat)
+            fns[name] = run
+        torch_fn = _torchvision_roi_align(features, rois, dout, size)
+        if torch_fn is not None:
+            fns["torch"] = torch_fn
+        row.update(best_times(fns, repeat))
         rows.append(row)
     return rows
 
 
-def _torchvision_roi_align(features, rois, dout, size, repeat):
+def _torchvision_roi_align(features, rois, dout, size):
+    """torchvision's RoIAlign forward + backward on the same inputs, as a function to time; None without it."""
     try:
         import torch
         from torchvision.ops import roi_align
@@ -116,7 +121,7 @@ def _torchvision_roi_align(features, rois, dout, size, repeat):
         tf.grad = None
         roi_align(tf, tr, size, spatial_scale=0.25, sampling_ratio=2, aligned=False).backward(td)
 
-    return best_time(run, repeat)
+    return run
 
 
 def bench_conv(rng, repeat):
@@ -130,12 +135,16 @@ def bench_conv(rng, repeat):
         out, _ = fwd(x, w, b, **kw)
         dout = rng.standard_normal(out.shape, dtype=np.float32)
         row = {"case": f"{name} fwd+bwd"}
+        fns = {}
         for backend in CPU_BACKENDS:
             def run(backend=backend):
                 _, cache = fwd(x, w, b, backend=backend, **kw)
                 bwd(dout, cache)
-            row[backend] = best_time(run, repeat)
-        row["torch"] = torch_conv_time(kind, x, w, b, dout, kw, repeat)  # None without PyTorch
+            fns[backend] = run
+        torch_fn = torch_conv_fn(kind, x, w, b, dout, kw)  # None without PyTorch
+        if torch_fn is not None:
+            fns["torch"] = torch_fn
+        row.update(best_times(fns, repeat))
         rows.append(row)
     return rows
 
@@ -147,16 +156,18 @@ def bench_inference(rng, repeat):
     masks = rng.random((100, 28, 28), dtype=np.float32)
     det = boxes[:100] * np.float32(0.8)
     rows = [{"case": "NMS 2000 boxes, IoU 0.7"}, {"case": "paste 100 masks 28x28 into 800x1088"}]
-    for name in CPU_BACKENDS:
-        rows[0][name] = best_time(lambda: nms(boxes, scores, 0.7, backend=name), repeat)
-        rows[1][name] = best_time(lambda: paste_masks_in_image(masks, det, (800, 1088), backend=name), repeat)
+    nms_fns = {name: (lambda name=name: nms(boxes, scores, 0.7, backend=name)) for name in CPU_BACKENDS}
+    paste_fns = {name: (lambda name=name: paste_masks_in_image(masks, det, (800, 1088), backend=name))
+                 for name in CPU_BACKENDS}
     try:
         import torch
         import torchvision
         tb, ts = torch.tensor(boxes), torch.tensor(scores)
-        rows[0]["torch"] = best_time(lambda: torchvision.ops.nms(tb, ts, 0.7), repeat)
+        nms_fns["torch"] = lambda: torchvision.ops.nms(tb, ts, 0.7)
     except ImportError:
         pass
+    rows[0].update(best_times(nms_fns, repeat))
+    rows[1].update(best_times(paste_fns, repeat))
     return rows
 
 
@@ -186,7 +197,7 @@ def main():
     args = parser.parse_args()
     print(f"date: {time.strftime('%Y-%m-%d %H:%M')}; machine: {machine()}; load average: {os.getloadavg()[0]:.2f}")
     print(f"threads: {threads()}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}; "
-          f"numpy {np.__version__}; best of {args.repeat}")
+          f"numpy {np.__version__}; best of {args.repeat}, interleaved")
     rng = np.random.default_rng(0)
     rows = []
     groups = {"roi_align": bench_roi_align, "conv": bench_conv, "inference": bench_inference}

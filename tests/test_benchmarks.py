@@ -1,4 +1,5 @@
-"""The benchmarks' own arithmetic: bench_model's FLOP counter (the timings themselves are not tested)."""
+"""The benchmarks' own arithmetic: bench_model's FLOP counter and the interleaved best-of timer (on a fake clock;
+the timings themselves are not tested)."""
 import os
 import sys
 
@@ -37,3 +38,21 @@ def test_flop_counter_sees_a_whole_training_forward():
         train_forward(params, cfg, [image], [target], np.random.default_rng(0))
     stem = 2 * 4 * 24 * 24 * 3 * 49  # the 7x7/2 stem conv alone: 4 filters over 24x24 outputs of 3x7x7
     assert c.flops > stem
+
+
+def test_best_times_interleaves_the_contenders_and_keeps_each_ones_best(monkeypatch):
+    import bench_conv
+    clock = [0.0]  # a fake clock, so that nothing here depends on real time
+    monkeypatch.setattr(bench_conv.time, "perf_counter", lambda: clock[0])
+    calls = []
+    durations = {"a": iter([9.0, 3.0, 1.0]), "b": iter([9.0, 2.0, 4.0])}  # warm-up, then two rounds
+
+    def contender(name):
+        def run():
+            calls.append(name)
+            clock[0] += next(durations[name])
+        return run
+
+    best = bench_conv.best_times({"a": contender("a"), "b": contender("b")}, repeat=2)
+    assert calls == ["a", "b", "a", "b", "a", "b"]  # warm-ups, then rounds a, b, a, b
+    assert best == {"a": 1.0, "b": 2.0}
