@@ -9,8 +9,10 @@ threads need for the next matrix product (and the other way round); OMP_WAIT_POL
 NUMBA_THREADING_LAYER=workqueue) avoids it. The header prints both settings.
 
 Cases (float32, forward + backward unless said otherwise; every time is the best of --repeat runs after a warm-up
-run, so Numba's compilation is not counted; the contenders of a case run in interleaved rounds, numpy, numba, torch,
-numpy, ..., so that a slow spell of a shared machine falls on all of them; the CUDA backend is not timed here):
+run, so Numba's compilation is not counted; the tinymask backends of a case run in interleaved rounds, numpy, numba,
+numpy, ..., so that a slow spell of a shared machine falls on both; PyTorch runs in a block of its own, because
+interleaved with them its thread pool goes cold between calls and it measured up to 2× slower; the CUDA backend is
+not timed here):
 
 - RoIAlign, 512 RoIs × 256 channels on an FPN P2 map (1, 256, 200, 272): an 800×1088 image at stride 4, boxes of
   16-112 pixels (the sizes FPN Eq. 1 sends to P2), sampling_ratio 2, 7×7 (box head) and 14×14 (mask head):
@@ -37,7 +39,7 @@ from tinymask.layers import (conv2d_backward, conv2d_forward, conv_transpose2d_b
                              roi_align_backward, roi_align_forward)
 from tinymask.mask_paste import paste_masks_in_image
 from tinymask.nms import nms
-from bench_conv import best_times, torch_conv_fn  # best_times: best of `repeat` interleaved runs after a warm-up
+from bench_conv import best_time, best_times, torch_conv_fn  # best of `repeat` runs (interleaved) after a warm-up
 
 CPU_BACKENDS = [name for name in ("numpy", "numba") if available_backends()[name][0]]
 
@@ -100,10 +102,9 @@ def bench_roi_align(rng, repeat):
                 _, cache = roi_align_forward(features, rois, backend=name, **kw)
                 roi_align_backward(dout, cache)
             fns[name] = run
-        torch_fn = _torchvision_roi_align(features, rois, dout, size)
-        if torch_fn is not None:
-            fns["torch"] = torch_fn
         row.update(best_times(fns, repeat))
+        torch_fn = _torchvision_roi_align(features, rois, dout, size)
+        row["torch"] = None if torch_fn is None else best_time(torch_fn, repeat)
         rows.append(row)
     return rows
 
@@ -141,10 +142,9 @@ def bench_conv(rng, repeat):
                 _, cache = fwd(x, w, b, backend=backend, **kw)
                 bwd(dout, cache)
             fns[backend] = run
-        torch_fn = torch_conv_fn(kind, x, w, b, dout, kw)  # None without PyTorch
-        if torch_fn is not None:
-            fns["torch"] = torch_fn
         row.update(best_times(fns, repeat))
+        torch_fn = torch_conv_fn(kind, x, w, b, dout, kw)  # None without PyTorch
+        row["torch"] = None if torch_fn is None else best_time(torch_fn, repeat)
         rows.append(row)
     return rows
 
@@ -163,7 +163,7 @@ def bench_inference(rng, repeat):
         import torch
         import torchvision
         tb, ts = torch.tensor(boxes), torch.tensor(scores)
-        nms_fns["torch"] = lambda: torchvision.ops.nms(tb, ts, 0.7)
+        rows[0]["torch"] = best_time(lambda: torchvision.ops.nms(tb, ts, 0.7), repeat)
     except ImportError:
         pass
     rows[0].update(best_times(nms_fns, repeat))
