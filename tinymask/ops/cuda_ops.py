@@ -74,15 +74,22 @@ def _out_size(size, k, s, d):
 # Convolution: im2col, col2im, a tiled GEMM, and the implicit-GEMM convolution
 # --------------------------------------------------------------------------------------------------------------------
 
+@cuda.jit(device=True)
+def _cols_value(x_pad, n, row, pix, kh, kw, sh, sw, dh, dw, Wo):
+    """cols[n, row, pix], read straight from the input: im2col row (c, i, j) of output pixel (y, x) holds input pixel
+    (c, y·sh + i·dh, x·sw + j·dw). The one place the GPU kernels spell out im2col's index map."""
+    c, i, j = row // (kh * kw), (row // kw) % kh, row % kw
+    y, x = pix // Wo, pix % Wo
+    return x_pad[n, c, y * sh + i * dh, x * sw + j * dw]
+
+
 @cuda.jit(cache=True)
 def _im2col_kernel(x_pad, cols, kh, kw, sh, sw, dh, dw, Wo):
     N, R, P = cols.shape  # R = C·kH·kW rows, P = Ho·Wo columns
     for idx in range(cuda.grid(1), N * R * P, cuda.gridsize(1)):
         n, rest = idx // (R * P), idx % (R * P)
         row, pix = rest // P, rest % P
-        c, i, j = row // (kh * kw), (row // kw) % kh, row % kw
-        y, x = pix // Wo, pix % Wo
-        cols[n, row, pix] = x_pad[n, c, y * sh + i * dh, x * sw + j * dw]
+        cols[n, row, pix] = _cols_value(x_pad, n, row, pix, kh, kw, sh, sw, dh, dw, Wo)
 
 
 def im2col(x_pad, kernel, stride, dilation):
@@ -169,10 +176,9 @@ def _make_implicit_gemm_conv(dtype):
         acc = dtype(0)
         for k0 in range(0, R, TILE):
             sW[ty, tx] = w_rows[f, k0 + tx] if f < F and k0 + tx < R else 0
-            r = k0 + ty  # im2col row r = (c, i, j) of pixel (y, x) holds input pixel (c, y·sh + i·dh, x·sw + j·dw)
+            r = k0 + ty  # sX[ty, tx] = cols[n, r, pix], gathered from the input
             if r < R and pix < P:
-                c, i, j = r // (kh * kw), (r // kw) % kh, r % kw
-                sX[ty, tx] = x_pad[n, c, y * sh + i * dh, x * sw + j * dw]
+                sX[ty, tx] = _cols_value(x_pad, n, r, pix, kh, kw, sh, sw, dh, dw, Wo)
             else:
                 sX[ty, tx] = 0
             cuda.syncthreads()
@@ -208,9 +214,7 @@ def _make_implicit_gemm_conv_dw(dtype):
                 sD[ty, tx] = 0
             k = k0 + ty  # sX[ty, tx] = cols[n, r, pixel]: the input pixel that im2col row r of that pixel reads
             if r < R and k < N * P:
-                n, pix = k // P, k % P
-                c, i, j = r // (kh * kw), (r // kw) % kh, r % kw
-                sX[ty, tx] = x_pad[n, c, (pix // Wo) * sh + i * dh, (pix % Wo) * sw + j * dw]
+                sX[ty, tx] = _cols_value(x_pad, k // P, r, k % P, kh, kw, sh, sw, dh, dw, Wo)
             else:
                 sX[ty, tx] = 0
             cuda.syncthreads()
