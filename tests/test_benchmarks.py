@@ -56,3 +56,16 @@ def test_best_times_interleaves_the_contenders_and_keeps_each_ones_best(monkeypa
     best = bench_conv.best_times({"a": contender("a"), "b": contender("b")}, repeat=2)
     assert calls == ["a", "b", "a", "b", "a", "b"]  # warm-ups, then rounds a, b, a, b
     assert best == {"a": 1.0, "b": 2.0}
+
+
+def test_bench_gpu_says_when_there_is_no_gpu(capsys, monkeypatch):
+    import bench_gpu
+
+    monkeypatch.delenv("NUMBA_ENABLE_CUDASIM", raising=False)
+    monkeypatch.setattr(bench_gpu, "available_backends", lambda: {"cuda": (False, "no CUDA GPU found")})
+    assert bench_gpu.main(["--repeat", "1"]) == 2
+    assert "bench_gpu: needs a CUDA GPU: no CUDA GPU found" in capsys.readouterr().err
+    monkeypatch.setenv("NUMBA_ENABLE_CUDASIM", "1")  # the simulator counts only with --smoke
+    monkeypatch.setattr(bench_gpu, "available_backends", lambda: {"cuda": (True, "CUDA simulator")})
+    assert bench_gpu.main(["--repeat", "1"]) == 2
+    assert "the CUDA simulator is on (use --smoke)" in capsys.readouterr().err

@@ -1,21 +1,20 @@
-"""The CUDA kernels (tinymask/ops/cuda_ops.py) against the NumPy reference, without a GPU.
+"""The CUDA kernels (tinymask/ops/cuda_ops.py) against the NumPy reference, with or without a GPU.
 
 Two kinds of test, each skipped where it cannot run:
 
-- **In Numba's CUDA simulator**, which executes every GPU thread as a Python thread: correct semantics (shared memory,
-  `syncthreads`, atomics), no speed, so the shapes are tiny. Needs numba-cuda and the variable set before Python
+- **The kernels run**, either in Numba's CUDA simulator, which executes every GPU thread as a Python thread (correct
+  semantics: shared memory, `syncthreads`, atomics; no speed, so the shapes are tiny), or on a real GPU when the
+  machine has one and the simulator is off. Needs numba-cuda; the simulator is chosen by a variable set before Python
   starts (the library never sets it):
 
-      NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/test_cuda_sim.py
+      NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/test_cuda_sim.py    # no GPU needed (CI)
+      python -m pytest tests/test_cuda_sim.py                           # on a machine with a CUDA GPU
 
 - **Compiled to PTX** for a real GPU (sm_80) by NVVM, without running: this is what the simulator cannot check, that
   every kernel types and lowers on the real target (numba-cuda lacks some NumPy functions, `np.floor` for one). Needs
   numba-cuda with NVVM and NVRTC (`pip install "cuda-toolkit[nvvm,nvrtc]==13.*"`) and the simulator **off**:
 
       python -m pytest tests/test_cuda_sim.py -k ptx
-
-Neither runs a kernel on a GPU; that needs a machine with one (`TINYMASK_BACKEND=cuda`, then tests/test_backends.py's
-helper with backends=["cuda"], as below).
 """
 from __future__ import annotations
 
@@ -32,13 +31,26 @@ if not NUMBA_CUDA:
     pytest.skip("numba-cuda not installed (pip install 'tinymask[cuda]'); then "
                 "NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/test_cuda_sim.py", allow_module_level=True)
 
-simulator_only = pytest.mark.skipif(
-    not (SIMULATOR and NUMBA_CUDA),
-    reason="needs numba-cuda and NUMBA_ENABLE_CUDASIM=1 in the environment "
+
+
+def _gpu_present() -> bool:
+    if SIMULATOR:
+        return False
+    try:
+        from numba import cuda
+        return bool(cuda.is_available())
+    except Exception:  # no driver, no libraries: no GPU to run on
+        return False
+
+
+ON_GPU = _gpu_present()
+kernels_run = pytest.mark.skipif(
+    not (SIMULATOR or ON_GPU),
+    reason="needs a CUDA GPU, or NUMBA_ENABLE_CUDASIM=1 in the environment "
            "(NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/test_cuda_sim.py)",
 )
 
-if SIMULATOR and NUMBA_CUDA:
+if SIMULATOR or ON_GPU:
     from test_backends import ROIS, assert_close, check_backends, random_boxes, roi_features
 
     from tinymask.backend import available_backends, get_backend, use_backend
@@ -60,16 +72,16 @@ def on_cuda(forward, backward=None, inputs=(), kwargs=None):
 # The simulator
 # ---------------------------------------------------------------------------------------------------------------------
 
-@simulator_only
-def test_switch_reports_the_simulator():
+@kernels_run
+def test_switch_reports_where_the_kernels_run():
     ok, reason = available_backends()["cuda"]
-    assert ok and "simulator" in reason
+    assert ok and ("simulator" in reason) == SIMULATOR, reason
     with use_backend("cuda"):
         assert get_backend() == "cuda"
         assert get_ops().NAME == "cuda"
 
 
-@simulator_only
+@kernels_run
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("stride, padding, dilation", [(1, 1, 1), ((2, 1), (0, 2), (1, 2))])
 def test_conv2d(dtype, stride, padding, dilation):
@@ -78,7 +90,7 @@ def test_conv2d(dtype, stride, padding, dilation):
     on_cuda(conv2d_forward, conv2d_backward, (x, w, b), dict(stride=stride, padding=padding, dilation=dilation))
 
 
-@simulator_only
+@kernels_run
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_conv_transpose2d(dtype):
     rng = np.random.default_rng(2)
@@ -87,7 +99,7 @@ def test_conv_transpose2d(dtype):
     on_cuda(conv_transpose2d_forward, conv_transpose2d_backward, (x, w[:, :, :2, :2], b), dict(stride=2))  # mask head
 
 
-@simulator_only
+@kernels_run
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_tiled_gemm_and_implicit_gemm(dtype):
     # Sizes that are not multiples of the 16×16 tile, a batch broadcast against a 2-D operand, an empty K.
@@ -105,7 +117,7 @@ def test_tiled_gemm_and_implicit_gemm(dtype):
                      ref.conv2d_implicit_gemm(x_pad, w, stride, dilation), f"implicit GEMM {stride} {dilation}")
 
 
-@simulator_only
+@kernels_run
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_implicit_gemm_backward(dtype):
     # dW and dx of the implicit-GEMM convolution against the reference's explicit ones (im2col, two GEMMs, col2im):
@@ -126,7 +138,7 @@ def test_implicit_gemm_backward(dtype):
         assert_close(dw, dw_ref, f"implicit GEMM dW {stride} {dilation}")
 
 
-@simulator_only
+@kernels_run
 @pytest.mark.parametrize("mode", ["avg", "max"])
 @pytest.mark.parametrize("aligned", [False, True])
 @pytest.mark.parametrize("outside", ["zero", "edge"])
@@ -136,7 +148,7 @@ def test_roi_align(mode, aligned, outside):
             dict(output_size=(2, 3), spatial_scale=0.8, sampling_ratio=-1, aligned=aligned, mode=mode, outside=outside))
 
 
-@simulator_only
+@kernels_run
 @pytest.mark.parametrize("mode", ["avg", "max"])
 def test_roi_align_float32_fixed_sampling_and_no_rois(mode):
     F = roi_features(np.float32, mode, (2, 2, 6, 7))
@@ -145,7 +157,35 @@ def test_roi_align_float32_fixed_sampling_and_no_rois(mode):
     on_cuda(roi_align_forward, roi_align_backward, (F, np.zeros((0, 5))), dict(output_size=2, spatial_scale=0.5))
 
 
-@simulator_only
+@kernels_run
+@pytest.mark.parametrize("mode", ["avg", "max"])
+def test_roi_align_device_resident(mode):
+    # The GPU-resident entry points take device arrays and return device arrays, and agree with the reference.
+    from numba import cuda
+
+    from tinymask.layers.roi_align import check_roi_inputs
+    F = roi_features(np.float32, mode, (2, 2, 6, 7))
+    rois, batch, size = check_roi_inputs(F, ROIS, 2, 0.5)
+    geometry = (size, 0.5, 2, True, mode, True)
+    cu, ref = get_ops("cuda"), get_ops("numpy")
+    expected, saved = ref.roi_align_forward(F, rois, batch, *geometry)
+    d_rois, d_batch = cuda.to_device(rois), cuda.to_device(batch.astype(np.int64))
+    d_out, d_arg = cu.roi_align_forward_device(cuda.to_device(F), d_rois, d_batch, *geometry)
+    assert hasattr(d_out, "copy_to_host") and (d_arg is None) == (mode == "avg")
+    assert_close(d_out.copy_to_host(), expected, "device forward")
+    dout = np.random.default_rng(8).standard_normal(expected.shape).astype(np.float32)
+    d_dF = cu.roi_align_backward_device(cuda.to_device(dout), d_arg, F.shape, d_rois, d_batch, *geometry)
+    assert_close(d_dF.copy_to_host(), ref.roi_align_backward(dout, saved, F.shape, rois, batch, *geometry),
+                 "device backward")
+    with pytest.raises(TypeError, match="features must be float32 or float64, got int32"):
+        cu.roi_align_forward_device(cuda.to_device(F.astype(np.int32)), d_rois, d_batch, *geometry)
+    with pytest.raises(TypeError, match="rois on the GPU must be a C-contiguous float64"):
+        cu.roi_align_forward_device(F, cuda.to_device(rois.astype(np.float32)), d_batch, *geometry)
+    with pytest.raises(TypeError, match="features must be float32 or float64, got int64"):
+        cu.roi_align_forward_device(F.astype(np.int64), rois, batch, *geometry)
+
+
+@kernels_run
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_roi_pool(dtype):
     F = roi_features(dtype, "avg", (2, 2, 6, 7))
@@ -157,7 +197,7 @@ def test_roi_pool(dtype):
     assert ref[0].shape == (len(ROIS), 2, 2, 2)
 
 
-@simulator_only
+@kernels_run
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_paste_masks(dtype):
     rng = np.random.default_rng(6)
@@ -166,7 +206,7 @@ def test_paste_masks(dtype):
     on_cuda(paste_masks_in_image, None, (masks, boxes, (10, 12)))
 
 
-@simulator_only
+@kernels_run
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_nms(dtype):
     # 150 boxes: three 64-box column blocks, so the bitmask crosses block boundaries.
@@ -179,6 +219,23 @@ def test_nms(dtype):
     at_threshold = np.array([[0, 0, 2, 1], [1, 0, 3, 1], [10, 10, 11, 11]], dtype=dtype)  # IoU exactly 1/3
     on_cuda(nms, None, (at_threshold, np.array([0.9, 0.8, 0.7], dtype=dtype), 1 / 3))
     on_cuda(nms, None, (boxes[:0], scores[:0], 0.5))
+
+
+@kernels_run
+def test_bench_gpu_runs(tmp_path, capsys):
+    # benchmarks/bench_gpu.py end to end at its smoke size (in the simulator; on a GPU, at the same tiny size).
+    import json
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import bench_gpu
+
+    assert bench_gpu.main(["--smoke", "--repeat", "1", "--json", str(tmp_path / "gpu.json")]) == 0
+    rows = json.loads((tmp_path / "gpu.json").read_text())
+    assert [r["case"] for r in rows] == ["RoIAlign fwd+bwd 6 RoIs x 2 ch, 2x2, P2 12x16"]
+    assert rows[0]["on device"] > 0 and rows[0]["layer API"] > 0
+    if "max |diff| out" in rows[0]:  # torchvision present: the cross-check agrees
+        assert rows[0]["max |diff| out"] < 1e-5 and rows[0]["max |diff| dF"] < 1e-5
+    assert "on device / torchvision" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -233,9 +290,11 @@ def test_kernels_compile_to_ptx(monkeypatch):
              (arr(ft, 4), arr(T.float64, 2), arr(i64, 1), T.float64, i64, b1, b1, b1, arr(T.int32, 4), arr(ft, 4))),
             (co._roi_pool_fwd_kernel, (arr(ft, 4), arr(i64, 1), arr(i64, 2), arr(ft, 4), arr(i64, 4))),
             (co._roi_pool_bwd_kernel, (arr(ft, 4), arr(i64, 4), arr(i64, 1), arr(ft, 3))),
+            (co._fill_kernel, (arr(ft, 1), ft)),
             (co._paste_kernel, (arr(ft, 3), arr(i64, 2), arr(ft, 3))),
             (co._nms_mask_kernel, (arr(ft, 2), arr(ft, 1), ft, ft, arr(T.uint64, 2))),
         ]
+        signatures.append((co._fill_kernel, (arr(T.int32, 1), i64)))  # the RoIAlign argmax: -1
         for kernel, signature in signatures:
             ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=(8, 0))
             assert ".entry" in ptx, kernel.py_func.__name__

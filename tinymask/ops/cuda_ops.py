@@ -2,7 +2,9 @@
 
 NumPy arrays go in and come out: each call copies its inputs to the GPU, launches, and copies the result back. That
 keeps the layer code unchanged and makes every kernel testable on its own, at the price of a transfer per call (a
-device-resident pipeline is future work). On a machine without a GPU these kernels run in Numba's CUDA simulator
+device-resident pipeline is future work). RoIAlign also has device-resident entry points,
+`roi_align_forward_device` / `roi_align_backward_device`, which take and return GPU arrays (the host functions wrap
+them); benchmarks/bench_gpu.py times them against torchvision's CUDA kernel. On a machine without a GPU these kernels run in Numba's CUDA simulator
 (`NUMBA_ENABLE_CUDASIM=1` in the environment, never set by this library), which executes each thread as Python:
 correct, very slow, fine for the tiny shapes of tests/test_cuda_sim.py.
 
@@ -397,37 +399,97 @@ def _roi_align_bwd_kernel(dout, rois, batch, spatial_scale, sampling_ratio, alig
                 cuda.atomic.add(dfeatures, (b, c, y1, x1), g * a1 * b1)
 
 
-def _roi_args(rois, batch, spatial_scale, sampling_ratio, aligned, zero_outside):
-    return (_to_device(rois, np.float64), _to_device(batch, np.int64), float(spatial_scale), int(sampling_ratio),
-            bool(aligned))
+@cuda.jit(cache=True)
+def _fill_kernel(a, value):
+    """a[:] = value, for a 1-D device array (a fresh device array holds garbage, and its host copy would cost a
+    transfer)."""
+    for i in range(cuda.grid(1), a.size, cuda.gridsize(1)):
+        a[i] = value
+
+
+def _device_full(shape, value, dtype):
+    """A new device array of `shape` filled with `value`, without a host-to-device copy."""
+    d = cuda.device_array(shape, dtype=dtype)
+    if d.size:
+        _fill_kernel[_grid(d.size), TPB](d.reshape(d.size), value)
+    return d
+
+
+def _on_device(a, dtype, name):
+    """A GPU array as it is (a Numba device array, or any `__cuda_array_interface__` object such as a PyTorch CUDA
+    tensor or a CuPy array: no copy), or a host array copied over once. The kernels are compiled per dtype and
+    layout, so a device array must already have the dtype and be C-contiguous; dtype None: float32 or float64,
+    whichever the array has."""
+    if hasattr(a, "copy_to_host"):  # a Numba device array (or the simulator's stand-in)
+        d, on_gpu = a, True
+    elif hasattr(a, "__cuda_array_interface__"):  # another library's GPU array: viewed, not copied
+        d, on_gpu = cuda.as_cuda_array(a), True
+    else:
+        d, on_gpu = np.asarray(a), False
+    if dtype is None and d.dtype not in _NUMBA_FLOAT:
+        raise TypeError(f"{name} must be float32 or float64, got {d.dtype.name}")
+    dtype = d.dtype if dtype is None else np.dtype(dtype)
+    if not on_gpu:
+        return _to_device(d, dtype)
+    if d.dtype != dtype or not d.is_c_contiguous():
+        raise TypeError(f"{name} on the GPU must be a C-contiguous {dtype.name} array, got {d.dtype.name}"
+                        + ("" if d.is_c_contiguous() else ", not C-contiguous"))
+    return d
+
+
+def _roi_args(rois, batch, spatial_scale, sampling_ratio, aligned):
+    return (_on_device(rois, np.float64, "rois"), _on_device(batch, np.int64, "batch"), float(spatial_scale),
+            int(sampling_ratio), bool(aligned))
+
+
+def roi_align_forward_device(features, rois, batch, output_size, spatial_scale, sampling_ratio, aligned, mode,
+                             zero_outside):
+    """RoIAlign with every array on the GPU: the same arguments as roi_align_forward, returning device arrays.
+
+    features (N, C, H, W) float32/float64, rois (K, 5) float64 (column 0 unused; the image index is `batch`) and
+    batch (K,) int64 may be device arrays (used in place) or host arrays (copied once). Returns the device arrays
+    out (K, C, oh, ow) and argmax (K, C, oh, ow) int32 for mode="max", else None. This is what a GPU-resident
+    pipeline, or a benchmark of the kernel alone, calls; the layers call roi_align_forward, which wraps it.
+    """
+    d_features = _on_device(features, None, "features")
+    dtype = d_features.dtype
+    K, C, (oh, ow) = rois.shape[0], d_features.shape[1], output_size
+    d_out = _device_full((K, C, oh, ow), 0, dtype)  # bins with no sample stay 0 (max), as in the reference
+    d_arg = _device_full((K, C, oh, ow) if mode == "max" else (1, 1, 1, 1), -1, np.int32)
+    if d_out.size:
+        r, b, scale, sr, al = _roi_args(rois, batch, spatial_scale, sampling_ratio, aligned)
+        _roi_align_fwd_kernel[_grid(d_out.size), TPB](d_features, r, b, scale, sr, al, mode == "avg",
+                                                      bool(zero_outside), d_out, d_arg)
+    return d_out, (d_arg if mode == "max" else None)
+
+
+def roi_align_backward_device(dout, saved, features_shape, rois, batch, output_size, spatial_scale, sampling_ratio,
+                              aligned, mode, zero_outside):
+    """dout (K, C, oh, ow) -> dfeatures (N, C, H, W), both on the GPU (`saved`: the forward's device argmax or None);
+    the arguments as in roi_align_forward_device."""
+    d_dout = _on_device(dout, None, "dout")
+    dtype = d_dout.dtype
+    d_df = _device_full(tuple(int(v) for v in features_shape), 0, dtype)  # the atomic adds start from zero
+    if d_dout.size:
+        d_arg = _on_device(np.full((1, 1, 1, 1), -1, np.int32) if saved is None else saved, np.int32, "argmax")
+        r, b, scale, sr, al = _roi_args(rois, batch, spatial_scale, sampling_ratio, aligned)
+        _roi_align_bwd_kernel[_grid(d_dout.size), TPB](d_dout, r, b, scale, sr, al, mode == "avg",
+                                                       bool(zero_outside), d_arg, d_df)
+    return d_df
 
 
 def roi_align_forward(features, rois, batch, output_size, spatial_scale, sampling_ratio, aligned, mode, zero_outside):
     """RoIAlign: out (K, C, oh, ow) and `saved` = argmax (K, C, oh, ow) int32 (max) or None, as numba_ops.py."""
-    K, C, (oh, ow) = rois.shape[0], features.shape[1], output_size
-    out = np.zeros((K, C, oh, ow), dtype=features.dtype)
-    argmax = np.full((K, C, oh, ow) if mode == "max" else (1, 1, 1, 1), -1, dtype=np.int32)
-    if out.size:
-        d_out, d_arg = cuda.to_device(out), cuda.to_device(argmax)
-        r, b, scale, sr, al = _roi_args(rois, batch, spatial_scale, sampling_ratio, aligned, zero_outside)
-        _roi_align_fwd_kernel[_grid(out.size), TPB](_to_device(features), r, b, scale, sr, al, mode == "avg",
-                                                    bool(zero_outside), d_out, d_arg)
-        out, argmax = d_out.copy_to_host(), d_arg.copy_to_host()
-    return out, (argmax if mode == "max" else None)
+    d_out, d_arg = roi_align_forward_device(features, rois, batch, output_size, spatial_scale, sampling_ratio,
+                                            aligned, mode, zero_outside)
+    return d_out.copy_to_host(), (None if d_arg is None else d_arg.copy_to_host())
 
 
 def roi_align_backward(dout, saved, features_shape, rois, batch, output_size, spatial_scale, sampling_ratio, aligned,
                        mode, zero_outside):
     """dout (K, C, oh, ow) -> dfeatures (N, C, H, W), scattered with atomic adds."""
-    dfeatures = np.zeros(tuple(features_shape), dtype=dout.dtype)
-    if dout.size == 0:
-        return dfeatures
-    argmax = np.full((1, 1, 1, 1), -1, np.int32) if saved is None else saved
-    d_df = cuda.to_device(dfeatures)
-    r, b, scale, sr, al = _roi_args(rois, batch, spatial_scale, sampling_ratio, aligned, zero_outside)
-    _roi_align_bwd_kernel[_grid(dout.size), TPB](_to_device(dout), r, b, scale, sr, al, mode == "avg",
-                                                 bool(zero_outside), _to_device(argmax, np.int32), d_df)
-    return d_df.copy_to_host()
+    return roi_align_backward_device(dout, saved, features_shape, rois, batch, output_size, spatial_scale,
+                                     sampling_ratio, aligned, mode, zero_outside).copy_to_host()
 
 
 # --------------------------------------------------------------------------------------------------------------------
