@@ -183,6 +183,12 @@ def test_roi_align_device_resident(mode):
         cu.roi_align_forward_device(F, cuda.to_device(rois.astype(np.float32)), d_batch, *geometry)
     with pytest.raises(TypeError, match="features must be float32 or float64, got int64"):
         cu.roi_align_forward_device(F.astype(np.int64), rois, batch, *geometry)
+    with pytest.raises(ValueError, match=r"features must have shape \(N, C, H, W\), got \(2, 6, 7\)"):
+        cu.roi_align_forward_device(cuda.to_device(F[0]), d_rois, d_batch, *geometry)
+    with pytest.raises(ValueError, match="rois must have shape"):
+        cu.roi_align_forward_device(F, rois[:, 1:], batch, *geometry)
+    with pytest.raises(ValueError, match=r"dout must have shape \(K, C, oh, ow\)"):
+        cu.roi_align_backward_device(dout[:, :1], d_arg, F.shape, d_rois, d_batch, *geometry)
 
 
 @kernels_run

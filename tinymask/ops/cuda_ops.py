@@ -49,7 +49,9 @@ from ..layers.roi_pool import round_half_away
 NAME = "cuda"
 IMPLICIT_GEMM_CONV = True  # conv2d_forward runs conv2d_implicit_gemm and keeps x_pad, not cols
 TPB = 128  # threads per block of the 1-D launches
-MAX_BLOCKS = 1024  # 1-D launches use grid-stride loops, so a grid this size covers any array
+# 1-D launches use grid-stride loops, so any grid covers any array; 8192 blocks of 128 threads are a few times what
+# a large GPU holds at once (an H100: 132 multiprocessors × 16 resident blocks of 128 threads), so none sits idle.
+MAX_BLOCKS = 8192
 TILE = 16  # GEMM tile: 16×16 threads per block, two 16×16 shared-memory tiles
 NMS_BITS = 64  # boxes per NMS column block: one uint64 of mask bits
 
@@ -437,6 +439,20 @@ def _on_device(a, dtype, name):
     return d
 
 
+def _check_roi_shapes(features_shape, rois, batch, output_size, dout_shape=None):
+    """The device entry points trust values (check_roi_inputs in layers/roi_align.py validates them on the host) but
+    check shapes, which would otherwise fail inside a kernel's compilation or read out of bounds."""
+    K = rois.shape[0]
+    if len(features_shape) != 4:
+        raise ValueError(f"features must have shape (N, C, H, W), got {tuple(features_shape)}")
+    if tuple(rois.shape) != (K, 5) or tuple(batch.shape) != (K,):
+        raise ValueError(f"rois must have shape (K, 5) and batch (K,), got {tuple(rois.shape)} and "
+                         f"{tuple(batch.shape)}")
+    expected = (K, features_shape[1]) + tuple(output_size)
+    if dout_shape is not None and tuple(dout_shape) != expected:
+        raise ValueError(f"dout must have shape (K, C, oh, ow) = {expected}, got {tuple(dout_shape)}")
+
+
 def _roi_args(rois, batch, spatial_scale, sampling_ratio, aligned):
     return (_on_device(rois, np.float64, "rois"), _on_device(batch, np.int64, "batch"), float(spatial_scale),
             int(sampling_ratio), bool(aligned))
@@ -449,8 +465,11 @@ def roi_align_forward_device(features, rois, batch, output_size, spatial_scale, 
     features (N, C, H, W) float32/float64, rois (K, 5) float64 (column 0 unused; the image index is `batch`) and
     batch (K,) int64 may be device arrays (used in place) or host arrays (copied once). Returns the device arrays
     out (K, C, oh, ow) and argmax (K, C, oh, ow) int32 for mode="max", else None. This is what a GPU-resident
-    pipeline, or a benchmark of the kernel alone, calls; the layers call roi_align_forward, which wraps it.
+    pipeline, or a benchmark of the kernel alone, calls; the layers call roi_align_forward, which wraps it. Shapes
+    are checked, values are not: `tinymask.layers.roi_align.check_roi_inputs` validates rois on the host and
+    returns them, with `batch`, as these functions take them (an image index out of range would read out of bounds).
     """
+    _check_roi_shapes(features.shape, rois, batch, output_size)
     d_features = _on_device(features, None, "features")
     dtype = d_features.dtype
     K, C, (oh, ow) = rois.shape[0], d_features.shape[1], output_size
@@ -467,6 +486,7 @@ def roi_align_backward_device(dout, saved, features_shape, rois, batch, output_s
                               aligned, mode, zero_outside):
     """dout (K, C, oh, ow) -> dfeatures (N, C, H, W), both on the GPU (`saved`: the forward's device argmax or None);
     the arguments as in roi_align_forward_device."""
+    _check_roi_shapes(features_shape, rois, batch, output_size, dout.shape)
     d_dout = _on_device(dout, None, "dout")
     dtype = d_dout.dtype
     d_df = _device_full(tuple(int(v) for v in features_shape), 0, dtype)  # the atomic adds start from zero
