@@ -18,7 +18,6 @@ too. Figures in docs/performance.md §5.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import numba
@@ -27,7 +26,7 @@ import numpy as np
 from tinymask.layers import roi_align_backward, roi_align_forward
 from tinymask.ops import numba_ops
 from bench_conv import best_times  # best of `repeat` interleaved runs after a warm-up
-from bench_kernels import p2_rois
+from bench_kernels import p2_rois, threads as threads_line
 
 
 def main():
@@ -35,9 +34,7 @@ def main():
     parser.add_argument("--repeat", type=int, default=7, help="timed repetitions per case; the best is kept")
     args = parser.parse_args()
     threads = numba.get_num_threads()
-    print(f"date: {time.strftime('%Y-%m-%d %H:%M')}; numba {numba.__version__}, {threads} threads "
-          f"({numba.threading_layer() if hasattr(numba, 'threading_layer') else '?'}); "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}; best of {args.repeat}, interleaved")
+    print(f"date: {time.strftime('%Y-%m-%d %H:%M')}; {threads_line()}; best of {args.repeat}, interleaved")
     rng = np.random.default_rng(0)
     features = rng.standard_normal((1, 256, 200, 272), dtype=np.float32)
     rois = p2_rois(rng)

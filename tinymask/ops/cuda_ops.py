@@ -4,9 +4,9 @@ NumPy arrays go in and come out: each call copies its inputs to the GPU, launche
 keeps the layer code unchanged and makes every kernel testable on its own, at the price of a transfer per call (a
 device-resident pipeline is future work). RoIAlign also has device-resident entry points,
 `roi_align_forward_device` / `roi_align_backward_device`, which take and return GPU arrays (the host functions wrap
-them); benchmarks/bench_gpu.py times them against torchvision's CUDA kernel. On a machine without a GPU these kernels run in Numba's CUDA simulator
-(`NUMBA_ENABLE_CUDASIM=1` in the environment, never set by this library), which executes each thread as Python:
-correct, very slow, fine for the tiny shapes of tests/test_cuda_sim.py.
+them); benchmarks/bench_gpu.py times them against torchvision's CUDA kernel. On a machine without a GPU these kernels
+run in Numba's CUDA simulator (`NUMBA_ENABLE_CUDASIM=1` in the environment, never set by this library), which
+executes each thread as Python: correct, very slow, fine for the tiny shapes of tests/test_cuda_sim.py.
 
 How the work is split over threads (the one-line version of each kernel):
 
