@@ -15,6 +15,9 @@ Two kinds of test, each skipped where it cannot run:
   numba-cuda with NVVM and NVRTC (`pip install "cuda-toolkit[nvvm,nvrtc]==13.*"`) and the simulator **off**:
 
       python -m pytest tests/test_cuda_sim.py -k ptx
+
+  Where the toolchain is missing it skips, unless TINYMASK_REQUIRE_PTX=1 is set: then it fails (CI sets it, so that a
+  broken install cannot pass as a skip).
 """
 from __future__ import annotations
 
@@ -27,6 +30,9 @@ import pytest
 
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 NUMBA_CUDA = importlib.util.find_spec("numba_cuda") is not None
+REQUIRE_PTX = os.environ.get("TINYMASK_REQUIRE_PTX") == "1"  # the PTX test fails instead of skipping (CI)
+if not NUMBA_CUDA and REQUIRE_PTX:
+    raise ImportError("TINYMASK_REQUIRE_PTX=1, but numba-cuda is not installed (pip install 'tinymask[cuda]')")
 if not NUMBA_CUDA:
     pytest.skip("numba-cuda not installed (pip install 'tinymask[cuda]'); then "
                 "NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/test_cuda_sim.py", allow_module_level=True)
@@ -265,9 +271,12 @@ def _ptx_unavailable() -> str | None:
     return None
 
 
-@pytest.mark.skipif(bool(SIMULATOR or not NUMBA_CUDA) or _ptx_unavailable() is not None,
-                    reason=_ptx_unavailable() or "")
 def test_kernels_compile_to_ptx(monkeypatch):
+    reason = _ptx_unavailable()
+    if reason is not None:
+        if REQUIRE_PTX:
+            pytest.fail(f"TINYMASK_REQUIRE_PTX=1, but {reason}", pytrace=False)
+        pytest.skip(reason)
     import numba.cuda.dispatcher
     from numba import cuda
     from numba import types as T

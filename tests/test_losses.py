@@ -2,8 +2,11 @@
 import numpy as np
 import pytest
 
+from tinymask.config import MaskRCNNConfig
 from tinymask.gradcheck import check_loss
 from tinymask.losses import binary_cross_entropy_with_logits, smooth_l1, softmax_cross_entropy
+from tinymask.roi_heads import box_loss
+from tinymask.rpn import rpn_loss
 
 
 def test_softmax_cross_entropy_gradients(rng):
@@ -85,3 +88,71 @@ def test_loss_bad_inputs():
         binary_cross_entropy_with_logits(np.zeros(2), np.array([0.0, 2.0]))
     with pytest.raises(ValueError, match="reduction"):
         smooth_l1(np.zeros(3), np.zeros(3), reduction="avg")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Smooth L1 at torchvision's β = 1/9 (RPN and box head), where multiplying and dividing by β differ by 81×
+# ---------------------------------------------------------------------------------------------------------------
+
+BETA = 1 / 9
+# (pred, target, value, gradient), worked by hand with x = pred − target: |x| < 1/9 gives 0.5·x²/β = 4.5·x² and
+# x/β = 9x; otherwise |x| − β/2 = |x| − 1/18 and sign(x).
+SMOOTH_L1_AT_BETA = [
+    (0.05, 0.0, 0.01125, 0.45),  # 4.5 · 0.0025
+    (-0.1, 0.0, 0.045, -0.9),  # 4.5 · 0.01
+    (1.0, 0.96, 0.0072, 0.36),  # 4.5 · 0.0016
+    (0.5, 0.0, 0.5 - 1 / 18, 1.0),  # 0.4444…
+    (-2.0, 0.0, 2.0 - 1 / 18, -1.0),  # 1.9444…
+]
+
+
+@pytest.mark.parametrize("pred, target, value, grad", SMOOTH_L1_AT_BETA)
+def test_smooth_l1_values_at_beta_one_ninth(pred, target, value, grad):
+    loss, dpred = smooth_l1(np.array([pred]), np.array([target]), beta=BETA)
+    assert loss == pytest.approx(value, rel=1e-12)
+    np.testing.assert_allclose(dpred, [grad], rtol=1e-12)
+
+
+def test_smooth_l1_mean_and_numerical_gradient_at_beta_one_ninth():
+    pred, target = np.array([v[:2] for v in SMOOTH_L1_AT_BETA]).T.copy()
+    loss, dpred = smooth_l1(pred, target, beta=BETA, reduction="mean")
+    assert loss == pytest.approx((0.01125 + 0.045 + 0.0072 + 0.5 + 2.0 - 2 / 18) / 5, rel=1e-12)
+    np.testing.assert_allclose(dpred, np.array([0.45, -0.9, 0.36, 1.0, -1.0]) / 5, rtol=1e-12)
+    # numerically, at points at least 0.01 from the kinks at ±β
+    assert check_loss(smooth_l1, [pred, target], kwargs=dict(beta=BETA)) < 1e-8
+
+
+def test_box_loss_quadratic_branch_value():
+    """Fast R-CNN's L_box on the true class's deltas, every difference within β = 1/9 of the target."""
+    cfg = MaskRCNNConfig(num_classes=3, box_box_beta=BETA)
+    labels = np.array([2, 0])  # one positive of class 2, one background
+    regression = np.zeros((2, 12))  # (R, 4K)
+    regression[0, 4:8] = 1.0  # class 1's deltas: wrong-class, must be ignored
+    regression[0, 8:12] = [0.05, -0.02, 0.0, 0.1]  # class 2's deltas
+    regression[1] = 3.0  # background: no box loss
+    targets = np.array([[0.0, 0.03, 0.04, 0.16], [9.0, 9.0, 9.0, 9.0]])
+    loss_cls, loss_box, _, dreg = box_loss(np.zeros((2, 3)), regression, labels, targets, cfg)
+    # x = (0.05, −0.05, −0.04, −0.06): 4.5 · (0.0025 + 0.0025 + 0.0016 + 0.0036) = 0.0459, over R = 2 RoIs
+    assert loss_box == pytest.approx(0.02295, rel=1e-12)
+    expected = np.zeros((2, 12))
+    expected[0, 8:12] = [0.225, -0.225, -0.18, -0.27]  # 9x / 2
+    np.testing.assert_allclose(dreg, expected, rtol=1e-12, atol=1e-15)
+    assert loss_cls == pytest.approx(np.log(3))
+
+
+def test_rpn_box_loss_quadratic_branch_value():
+    """The RPN's smooth L1 (β = 1/9) on the sampled positives, over all sampled anchors."""
+    cfg = MaskRCNNConfig(rpn_box_beta=BETA, rpn_batch_size_per_image=4, rpn_positive_fraction=0.5)
+    labels = np.array([[1, 1, 0, 0]])  # 2 positives + 2 negatives: all four are sampled
+    deltas = np.full((1, 4, 4), 5.0)  # the negatives' deltas must not count
+    deltas[0, 0] = [0.02, 0.0, 0.0, 0.0]
+    deltas[0, 1] = [0.0, 0.0, 0.1, -0.1]
+    targets = np.zeros((1, 4, 4))
+    targets[0, 1] = [0.0, 0.0, 0.05, -0.03]
+    _, loss_box, _, ddeltas = rpn_loss(np.zeros((1, 4)), deltas, labels, targets, cfg, np.random.default_rng(0))
+    # x = 0.02 and (0.05, −0.07): 4.5 · (0.0004 + 0.0025 + 0.0049) = 0.0351, over 4 sampled anchors
+    assert loss_box == pytest.approx(0.008775, rel=1e-12)
+    expected = np.zeros((1, 4, 4))
+    expected[0, 0, 0] = 0.045  # 9 · 0.02 / 4
+    expected[0, 1, 2:] = [0.1125, -0.1575]  # 9 · (0.05, −0.07) / 4
+    np.testing.assert_allclose(ddeltas, expected, rtol=1e-12, atol=1e-15)

@@ -8,8 +8,11 @@ is a readable diff). These tests check:
 - the committed .ipynb files are exactly what the generator writes (`build_notebooks.py --check`);
 - every local link and code reference in the notebooks' Markdown and in notebooks/README.md resolves, with the rules
   of tests/test_docs.py (a "(planned)" mark for things that do not exist yet);
-- (slow) every notebook executes without error in smoke mode (TINYMASK_SMOKE=1, matplotlib's Agg backend), within
-  a per-notebook time limit, in a Jupyter kernel running this interpreter.
+- (slow) every notebook executes without error in smoke mode (TINYMASK_SMOKE=1, matplotlib's Agg backend), in a
+  Jupyter kernel running this interpreter. Its wall-clock time is recorded, not asserted (a busy machine is not a
+  failure): printed (`pytest -rP` or `-s` shows it), attached to the test report as the property `seconds` (JUnit
+  XML), and kept in pytest's cache, `.pytest_cache/v/tinymask/notebook_seconds` (`{notebook: seconds}`, latest run).
+  Only a generous per-cell timeout remains, as a guard against a hung kernel.
 
 The execution test needs nbformat, nbclient and ipykernel (`pip install -e ".[notebooks]"`); without them it skips.
 """
@@ -29,9 +32,11 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 SMOKE_LINE = 'SMOKE = os.environ.get("TINYMASK_SMOKE") == "1"'
-#: Wall-clock limit for one notebook in smoke mode. Each runs in well under a minute on a 2-core machine; the margin
-#: is for busy CI runners.
-SMOKE_SECONDS = 240
+#: Per-cell timeout, a guard against a hung kernel only, not a speed limit: each notebook runs in well under a minute
+#: on a 2-core machine in smoke mode, and its time is recorded (see the module docstring), not asserted.
+HANG_GUARD_SECONDS = 600
+#: The pytest cache key of the recorded times.
+TIMES_KEY = "tinymask/notebook_seconds"
 
 
 def load_notebook(path: Path) -> dict:
@@ -131,16 +136,21 @@ def kernel_env(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=ids(NOTEBOOKS))
-def test_notebook_runs_in_smoke_mode(path, kernel_env):
+def test_notebook_runs_in_smoke_mode(path, kernel_env, request, record_property):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     nb = nbformat.read(str(path), as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=SMOKE_SECONDS, kernel_name="python3",
+    client = nbclient.NotebookClient(nb, timeout=HANG_GUARD_SECONDS, kernel_name="python3",
                                      resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
     start = time.perf_counter()
     try:
         client.execute()
     except nbclient.exceptions.CellExecutionError as e:
         pytest.fail(f"{path.name} failed in smoke mode:\n{e}", pytrace=False)
-    elapsed = time.perf_counter() - start
-    assert elapsed < SMOKE_SECONDS, f"{path.name} took {elapsed:.0f} s in smoke mode (limit {SMOKE_SECONDS} s)"
+    finally:  # recorded whether it passed or failed
+        elapsed = round(time.perf_counter() - start, 2)
+        record_property("seconds", elapsed)
+        print(f"{path.name}: {elapsed:.1f} s in smoke mode")
+        cache = getattr(request.config, "cache", None)  # absent with -p no:cacheprovider
+        if cache is not None:
+            cache.set(TIMES_KEY, {**cache.get(TIMES_KEY, {}), path.name: elapsed})
