@@ -4,6 +4,7 @@ import os
 import sys
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
@@ -69,3 +70,41 @@ def test_bench_gpu_says_when_there_is_no_gpu(capsys, monkeypatch):
     monkeypatch.setattr(bench_gpu, "available_backends", lambda: {"cuda": (True, "CUDA simulator")})
     assert bench_gpu.main(["--repeat", "1"]) == 2
     assert "the CUDA simulator is on (use --smoke)" in capsys.readouterr().err
+
+
+def test_every_planted_bug_of_mutation_check_still_finds_its_code():
+    # benchmarks/mutation_check.py plants each bug by replacing an exact text; a refactor that moves or rewrites that
+    # text would leave the mutant planting nothing. Fail here, fast, instead (no test suite is run).
+    import mutation_check
+
+    ids = [m.id for m in mutation_check.MUTANTS]
+    assert len(ids) == len(set(ids)), "mutant ids must be unique"
+    assert len(ids) >= 15
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    planted = os.environ.get("TINYMASK_MUTANT")  # inside mutation_check's scratch copy: the bug planted there
+    for m in mutation_check.MUTANTS:
+        if m.id == planted:
+            with open(os.path.join(root, m.file), encoding="utf-8") as f:
+                assert m.new in f.read()
+        else:
+            mutation_check.locate(m, root)  # the old text occurs exactly once, and the new text differs
+        for t in m.tests:
+            assert os.path.isfile(os.path.join(root, t.split("::")[0])), f"{m.id}: no test file {t}"
+
+
+def test_profile_iteration_accounts_for_the_whole_iteration(monkeypatch):
+    # one tiny profiled iteration: every stage is timed, the rows add up to the iteration, and the wrappers are gone
+    import profile_iteration
+    import tinymask.model
+
+    originals = {name: getattr(tinymask.model, name) for _, name in profile_iteration.FORWARD_STAGES}
+    dataset = profile_iteration.ShapesDataset
+    monkeypatch.setattr(profile_iteration, "ShapesDataset", lambda split, n, seed: dataset(split, 8, seed=seed))
+    result = profile_iteration.profile("numpy", iterations=1, warmup=0)
+    labels = [label for label, _ in result["rows"]]
+    stages = profile_iteration.FORWARD_STAGES + profile_iteration.BACKWARD_STAGES
+    assert len(labels) == len(set(labels)) == len(stages) + 4  # + data, rest of forward, rest of backward, step
+    assert all(seconds >= 0 for label, seconds in result["rows"] if not label.startswith("rest of"))
+    assert sum(s for _, s in result["rows"]) == pytest.approx(result["iteration"])
+    assert result["gflop"] > 0
+    assert all(getattr(tinymask.model, name) is fn for name, fn in originals.items())

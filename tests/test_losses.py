@@ -28,6 +28,23 @@ def test_softmax_cross_entropy_golden():
     assert loss == pytest.approx(1000.0) and np.all(np.isfinite(grad))
 
 
+def test_softmax_cross_entropy_per_pixel_is_the_mean_over_every_pixel(rng):
+    """The multinomial mask loss of Table 2(b): classes on axis 1, the mean over all N·H·W pixels (as PyTorch's
+    F.cross_entropy), recomputed here pixel by pixel with a loop."""
+    logits, labels = rng.standard_normal((2, 3, 4, 5)), rng.integers(0, 3, (2, 4, 5))
+    terms, expected_grad = [], np.zeros_like(logits)
+    for n in range(2):
+        for i in range(4):
+            for j in range(5):
+                z = logits[n, :, i, j]
+                p = np.exp(z) / np.exp(z).sum()
+                terms.append(-np.log(p[labels[n, i, j]]))
+                expected_grad[n, :, i, j] = (p - np.eye(3)[labels[n, i, j]]) / 40
+    loss, grad = softmax_cross_entropy(logits, labels)
+    assert loss == pytest.approx(np.mean(terms), rel=1e-12)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-10, atol=1e-15)
+
+
 def test_smooth_l1(rng):
     pred, target = rng.standard_normal(20), rng.standard_normal(20)
     # keep |pred - target| away from beta, where the second derivative jumps

@@ -95,3 +95,17 @@ def test_bad_input():
         sample_balanced(np.zeros(4, np.int64), -1, 0.5, rng)
     with pytest.raises(TypeError, match="rng must be a numpy.random.Generator"):
         sample_balanced(np.zeros(4, np.int64), 8, 0.5, np.random)
+
+
+def test_sample_recorded_takes_the_given_draw_and_checks_it_against_the_labels():
+    from tinymask.sampler import sample_recorded
+    labels = np.array([1, 0, -1, 2, 0, 0])
+    pos, neg = sample_recorded(labels, [3], [1, 5])
+    assert pos.tolist() == [False, False, False, True, False, False]
+    assert neg.tolist() == [False, True, False, False, False, True]
+    with pytest.raises(ValueError, match=r"recorded positive samples \[1\] are labelled \[0\]"):
+        sample_recorded(labels, [1], [])
+    with pytest.raises(ValueError, match=r"recorded negative samples \[2\] are labelled \[-1\]"):
+        sample_recorded(labels, [], [2])
+    with pytest.raises(ValueError, match=r"must lie in \[0, 6\)"):
+        sample_recorded(labels, [6], [])

@@ -81,7 +81,8 @@ class MaskRCNNConfig:
     pooler_sampling_ratio: int = 2  # RoIAlign samples per bin side (torchvision); <= 0: adaptive
     pooler_aligned: bool = False  # torchvision's default; detectron2 uses True (half-pixel shift)
     pooler_outside: str = "zero"  # a bilinear sample beyond one cell outside the map reads 0 (torchvision's C++/CUDA
-    #                               kernels, detectron2); "edge": the edge value (torchvision's pure-Python roi_align)
+    #                               kernels, detectron2); "edge": the edge value (torchvision's pure-Python roi_align);
+    #                               the RoI features and the mask targets (both RoIAlign) follow it
     roi_extractor: str = "align"  # Table 2(c): "align" (RoIAlign), "pool" (RoIPool), "warp" (RoIWarp)
     roi_mode: str = "avg"  # Table 2(c): "avg" or "max" pooling of the bilinear samples
 

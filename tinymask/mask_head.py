@@ -107,7 +107,8 @@ def mask_targets(boxes: list, matched_idxs: list, gt_masks: list, cfg) -> np.nda
     """Per image: positive RoIs (P_i, 4), their matched ground-truth indices (P_i,) and the image's (G_i, H, W)
     masks -> all images' targets (ΣP_i, M, M), each instance's mask resampled into its RoI's M×M grid."""
     M = cfg.mask_resolution
-    out = [project_masks_on_boxes(masks.astype(b.dtype), b, idx, M) for b, idx, masks in zip(boxes, matched_idxs, gt_masks)]
+    out = [project_masks_on_boxes(masks.astype(b.dtype), b, idx, M, outside=cfg.pooler_outside)
+           for b, idx, masks in zip(boxes, matched_idxs, gt_masks)]
     targets = np.concatenate(out, axis=0) if out else np.zeros((0, M, M))
     return np.clip(targets, 0.0, 1.0)  # bilinear sums of 0/1 pixels can overshoot 1 by a rounding error
 

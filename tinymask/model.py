@@ -114,11 +114,15 @@ def backbone_forward(params, cfg, batch):
 
 
 def backbone_backward(d_rpn_maps, d_roi_maps, cache):
-    """Sum the gradients that reach each map from the RPN and the RoI heads, then run the FPN and ResNet backward."""
+    """Sum the gradients that reach each map from the RPN and the RoI heads, then run the FPN and ResNet backward.
+
+    Returns (grads, dmaps): the parameters' gradients, and the gradient reaching each map from the heads ({"P2": ...,
+    "P6": ...} for FPN, {"C4": ...} or {"C5": ...} otherwise; P5's excludes what P6 passes back to it)."""
     c_body = cache["body"]
     if "stage" in cache:  # C4 or C5: one map, read by the RPN and the RoI heads
-        _, grads = resnet_backward({cache["stage"]: d_rpn_maps[0] + d_roi_maps[0]}, c_body)
-        return grads
+        dmaps = {cache["stage"]: d_rpn_maps[0] + d_roi_maps[0]}
+        _, grads = resnet_backward(dmaps, c_body)
+        return grads, dmaps
     c_fpn, c_p6 = cache["fpn"], cache["p6"]
     dP = {k: d_rpn_maps[i] + d_roi_maps[i] for i, k in enumerate(("P2", "P3", "P4", "P5"))}
     if c_p6 is None:
@@ -128,7 +132,7 @@ def backbone_backward(d_rpn_maps, d_roi_maps, cache):
     dfeatures, grads = fpn_backward(dP, c_fpn)
     _, g_body = resnet_backward(dfeatures, c_body)
     grads.update(g_body)
-    return grads
+    return grads, dP
 
 
 def roi_features_forward(maps, rois_per_image: list, image_sizes, cfg, output_size):
@@ -156,13 +160,16 @@ def anchors_for_batch(cfg, batch_hw, rpn_maps):
 # Training: forward with losses, and the backward pass.
 # ---------------------------------------------------------------------------------------------------------------
 
-def train_forward(params, cfg: MaskRCNNConfig, images, targets, rng: np.random.Generator, *, proposals=None):
+def train_forward(params, cfg: MaskRCNNConfig, images, targets, rng: np.random.Generator, *, proposals=None,
+                  samples=None):
     """Forward pass in training mode.
 
     images: list of (3, H, W) float images in [0, 1]; targets: list of dicts with "boxes" (G, 4) (x0, y0, x1, y1) in
     image pixels, "labels" (G,) in 1..K−1 and "masks" (G, H, W) binary. `rng` draws the anchor and RoI samples.
     `proposals` (optional, per image (P, 4) in resized-image coordinates) replaces the RPN's, to hold them fixed in
-    gradient checks.
+    gradient checks. `samples` (optional, a test hook) replaces the two random draws with recorded ones:
+    {"rpn": per image (positive, negative) anchor indices, "roi": per image (positive, negative) indices into
+    [proposals; gt boxes]}, as in tests/test_torchvision_train_step.py, which replays one of torchvision's steps.
 
     Returns (losses: dict of the five scalar losses, cache for `train_backward`).
     """
@@ -180,13 +187,15 @@ def train_forward(params, cfg: MaskRCNNConfig, images, targets, rng: np.random.G
     obj_flat, deltas_flat = flatten_head_outputs(objectness, deltas)  # (N, T), (N, T, 4)
     anchors, counts = anchors_for_batch(cfg, batch.shape[2:], rpn_maps)
     labels, reg_targets = rpn_targets(anchors, gt_boxes, cfg)
-    loss_obj, loss_rpn_box, dobj_flat, ddeltas_flat = rpn_loss(obj_flat, deltas_flat, labels, reg_targets, cfg, rng)
+    samples = samples or {}
+    loss_obj, loss_rpn_box, dobj_flat, ddeltas_flat = rpn_loss(obj_flat, deltas_flat, labels, reg_targets, cfg, rng,
+                                                               recorded=samples.get("rpn"))
     if proposals is None:
         proposals, _ = rpn_proposals(obj_flat, deltas_flat, anchors, counts, image_sizes, cfg, training=True)
 
     # RoI heads: sample RoIs (ground truth included) and their targets.
     rois = select_training_rois(proposals, [{"boxes": b, "labels": t["labels"]} for b, t in zip(gt_boxes, targets)],
-                                cfg, rng)
+                                cfg, rng, recorded=samples.get("roi"))
     roi_labels = np.concatenate([r["labels"] for r in rois])  # (R,)
     roi_reg_targets = np.concatenate([r["regression_targets"] for r in rois])  # (R, 4)
     positive = [r["labels"] > 0 for r in rois]
@@ -220,15 +229,19 @@ def train_forward(params, cfg: MaskRCNNConfig, images, targets, rng: np.random.G
                  dobj_flat=dobj_flat, ddeltas_flat=ddeltas_flat, c_box_pool=c_box_pool, c_box_head=c_box_head,
                  dlogits=dlogits, dregression=dregression, c_mask_pool=c_mask_pool, c_mask_head=c_mask_head,
                  dmask_logits=dmask_logits, positive=np.concatenate(positive), rpn_maps=len(rpn_maps),
-                 roi_maps=[m.shape for m in roi_maps], proposals=proposals, rois=rois)
+                 roi_maps=[m.shape for m in roi_maps], proposals=proposals, rois=rois,
+                 outputs=dict(rpn_labels=labels, class_logits=class_logits, box_regression=box_regression,
+                              mask_logits=mask_logits, mask_targets=m_targets))
     return losses, cache
 
 
-def train_backward(cache, loss_weights: dict | None = None) -> dict:
+def train_backward(cache, loss_weights: dict | None = None, *, return_stages=False):
     """The gradient of Σ w_i·loss_i with respect to every trainable parameter, the reverse of `train_forward`.
 
     Each loss's gradient was computed with the loss itself (a loss starts the backward pass); here they are scaled by
-    their weights (default 1) and carried back through the network.
+    their weights (default 1) and carried back through the network. `return_stages=True` also returns the gradients
+    on the way: {"maps": the gradient reaching each backbone map (see `backbone_backward`), "box_features" (R, C, S, S)
+    and "mask_features" (P, C, S', S'): the pooled RoI features' gradients} (for tests and notebooks).
     """
     w = {name: 1.0 for name in LOSS_NAMES}
     w.update(loss_weights or {})
@@ -262,8 +275,11 @@ def train_backward(cache, loss_weights: dict | None = None) -> dict:
     d_rpn_maps, g = rpn_head_backward(dobj, ddeltas, cache["c_rpn"])
     add(g)
     # Backbone: both streams of gradient meet on the feature maps.
-    add(backbone_backward(d_rpn_maps, d_roi_maps, cache["c_backbone"]))
-    return grads
+    g, dmaps = backbone_backward(d_rpn_maps, d_roi_maps, cache["c_backbone"])
+    add(g)
+    if not return_stages:
+        return grads
+    return grads, {"maps": dmaps, "box_features": dbox_feats, "mask_features": dmask_feats}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from .layers.linear import linear_backward, linear_forward
 from .losses import smooth_l1, softmax_cross_entropy
 from .matcher import BETWEEN_THRESHOLDS, Matcher
 from .nms import batched_nms
-from .sampler import sample_balanced
+from .sampler import sample_balanced, sample_recorded
 
 FC6, FC7 = "roi_heads.box_head.fc6", "roi_heads.box_head.fc7"
 CLS, BBOX = "roi_heads.box_predictor.cls_score", "roi_heads.box_predictor.bbox_pred"
@@ -47,8 +47,11 @@ def init_box_head_params(in_features: int, representation: int, num_classes: int
 # Training targets: which proposals the heads learn from, and what they should predict.
 # ---------------------------------------------------------------------------------------------------------------
 
-def select_training_rois(proposals: list, targets: list, cfg, rng: np.random.Generator):
+def select_training_rois(proposals: list, targets: list, cfg, rng: np.random.Generator, *, recorded=None):
     """Add the ground truth to the proposals, match, sample, and compute each sampled RoI's targets.
+
+    `recorded` (a test hook): per image a pair (positive, negative) of indices into `[proposals; gt boxes]` drawn
+    elsewhere, used instead of drawing from `rng` (see `tinymask.sampler.sample_recorded`).
 
     Returns, per image, a dict: "boxes" (R, 4) sampled RoIs, "labels" (R,) int64 class (0 background),
     "matched_idxs" (R,) index of the matched ground-truth box (0 for background, unused), "regression_targets"
@@ -56,7 +59,7 @@ def select_training_rois(proposals: list, targets: list, cfg, rng: np.random.Gen
     """
     matcher = Matcher(cfg.box_fg_iou_thresh, cfg.box_bg_iou_thresh, allow_low_quality_matches=False)
     out = []
-    for boxes, t in zip(proposals, targets):
+    for i, (boxes, t) in enumerate(zip(proposals, targets)):
         gt_boxes, gt_labels = t["boxes"].astype(boxes.dtype, copy=False), t["labels"]
         boxes = np.concatenate([boxes, gt_boxes], axis=0)  # (P + G, 4): the ground truth are RoIs too
         if len(gt_boxes) == 0:
@@ -68,7 +71,10 @@ def select_training_rois(proposals: list, targets: list, cfg, rng: np.random.Gen
             labels = gt_labels[matched].astype(np.int64)  # (P + G,)
             labels[matches < 0] = 0  # below 0.5: background
             labels[matches == BETWEEN_THRESHOLDS] = -1  # (empty with the paper's 0.5 / 0.5)
-        pos, neg = sample_balanced(labels, cfg.box_batch_size_per_image, cfg.box_positive_fraction, rng)
+        if recorded is None:
+            pos, neg = sample_balanced(labels, cfg.box_batch_size_per_image, cfg.box_positive_fraction, rng)
+        else:
+            pos, neg = sample_recorded(labels, *recorded[i])
         keep = np.flatnonzero(pos | neg)  # (R,) sampled RoIs, in proposal order
         boxes, labels, matched = boxes[keep], labels[keep], matched[keep]
         targets_r = np.zeros_like(boxes)  # (R, 4): only positives have a regression target

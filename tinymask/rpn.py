@@ -29,7 +29,7 @@ from .layers.conv import conv2d_backward, conv2d_forward
 from .losses import binary_cross_entropy_with_logits, smooth_l1
 from .matcher import BETWEEN_THRESHOLDS, Matcher
 from .nms import batched_nms
-from .sampler import sample_balanced
+from .sampler import sample_balanced, sample_recorded
 
 PREFIX = "rpn.head"
 CONV, CLS, BBOX = f"{PREFIX}.conv.0.0", f"{PREFIX}.cls_logits", f"{PREFIX}.bbox_pred"
@@ -132,13 +132,19 @@ def rpn_targets(anchors: np.ndarray, gt_boxes: list, cfg):
     return labels, targets
 
 
-def rpn_loss(obj_flat, deltas_flat, labels, targets, cfg, rng: np.random.Generator):
+def rpn_loss(obj_flat, deltas_flat, labels, targets, cfg, rng: np.random.Generator, *, recorded=None):
     """Objectness BCE on the sampled anchors and smooth-L1 on the sampled positives, both over the sample count.
+
+    `recorded` (a test hook): per image a pair (positive anchor indices, negative anchor indices) drawn elsewhere,
+    used instead of drawing from `rng` (see `tinymask.sampler.sample_recorded`).
 
     Returns (loss_objectness, loss_box, dobj_flat (N, T), ddeltas_flat (N, T, 4)).
     """
-    pos, neg = zip(*(sample_balanced(l, cfg.rpn_batch_size_per_image, cfg.rpn_positive_fraction, rng)
-                     for l in labels))
+    if recorded is None:
+        pos, neg = zip(*(sample_balanced(l, cfg.rpn_batch_size_per_image, cfg.rpn_positive_fraction, rng)
+                         for l in labels))
+    else:
+        pos, neg = zip(*(sample_recorded(l, *r) for l, r in zip(labels, recorded, strict=True)))
     pos, neg = np.stack(pos), np.stack(neg)  # (N, T) each
     sampled = pos | neg
     num_sampled = max(int(sampled.sum()), 1)

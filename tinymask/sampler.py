@@ -63,3 +63,26 @@ def sample_balanced(
     pos_mask[chosen_pos] = True
     neg_mask[chosen_neg] = True
     return pos_mask, neg_mask
+
+
+def sample_recorded(labels: np.ndarray, positive_idx, negative_idx) -> tuple[np.ndarray, np.ndarray]:
+    """The masks `sample_balanced` would return, for a draw made elsewhere (a test hook, not a sampler).
+
+    A test that compares one training step with another implementation's (torchvision's, whose `randperm` NumPy cannot
+    reproduce) injects the indices that implementation drew. They must agree with our labels: every recorded positive
+    must be labelled positive here and every negative negative, so a disagreement between the two matchers is an error
+    rather than a silent mismatch.
+    """
+    positive_idx, negative_idx = np.asarray(positive_idx, np.int64), np.asarray(negative_idx, np.int64)
+    for name, idx, ok in (("positive", positive_idx, labels >= 1), ("negative", negative_idx, labels == 0)):
+        if idx.size and (idx.min() < 0 or idx.max() >= labels.size):
+            raise ValueError(f"recorded {name} indices must lie in [0, {labels.size}), got {idx.min()}..{idx.max()}")
+        wrong = idx[~ok[idx]]
+        if wrong.size:
+            raise ValueError(f"recorded {name} samples {wrong[:5].tolist()} are labelled {labels[wrong[:5]].tolist()} "
+                             f"here: the recorded draw does not match this matcher's labels")
+    pos_mask = np.zeros(labels.shape, dtype=bool)  # (N,)
+    neg_mask = np.zeros(labels.shape, dtype=bool)  # (N,)
+    pos_mask[positive_idx] = True
+    neg_mask[negative_idx] = True
+    return pos_mask, neg_mask
