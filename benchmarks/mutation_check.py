@@ -1,6 +1,6 @@
 """Mutation check: plant known bugs in a scratch copy of tinymask, one at a time, and see which test catches each.
 
-    python benchmarks/mutation_check.py                   # every mutant, one after another (13 min on 2 cores)
+    python benchmarks/mutation_check.py                   # every mutant, one after another (about 7 min on 2 cores)
     python benchmarks/mutation_check.py --list            # what is planted where, without running anything
     python benchmarks/mutation_check.py --only wiring-p6-rpn,loss-bce-sign
     python benchmarks/mutation_check.py --jobs 2          # two mutants at a time (each test run is then slower)
