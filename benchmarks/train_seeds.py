@@ -5,6 +5,7 @@
     python benchmarks/train_seeds.py --recipes notebook --lr 0.04     # the same at twice the lr: the margin
     python benchmarks/train_seeds.py --quick                          # 2 seeds, at most 100 iterations each
     python benchmarks/train_seeds.py --jobs 2 --json runs/seeds.json  # two runs at a time; the results as JSON
+    python benchmarks/train_seeds.py --recipes default --seeds 2 --first-seed 2   # seeds 2 and 3
 
 Each run is `tinymask.train.train` itself (no evaluation, so only the training loop is timed), in a temporary
 folder, with one BLAS thread per worker. A run *diverges* when the loop raises `TrainingDiverged` (a loss or the
@@ -152,6 +153,8 @@ def main(argv=None) -> int:
     p.add_argument("--recipes", default="default,notebook,notebook-brief,ablate-fpn,ablate-fpn-mlp,ablate-c4",
                    help=f"comma-separated; 'all' for every one of: {', '.join(recipe_names())}")
     p.add_argument("--seeds", type=int, default=8, help="seeds 0 .. N-1 (default 8)")
+    p.add_argument("--first-seed", type=int, default=0, metavar="S",
+                   help="start at seed S instead: seeds S .. S+N-1 (to add seeds to an earlier table)")
     p.add_argument("--quick", action="store_true", help="2 seeds and at most 100 iterations per run")
     p.add_argument("--iterations", type=int, help="override every recipe's length (its warm-up and steps follow)")
     p.add_argument("--lr", type=float, help="override every recipe's learning rate (e.g. twice it: the margin)")
@@ -168,6 +171,8 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"unknown recipe(s) {unknown}; known: {', '.join(recipe_names())}")
     seeds = 2 if args.quick and args.seeds == 8 else args.seeds
+    if seeds < 1 or args.first_seed < 0:
+        p.error(f"--seeds must be >= 1 and --first-seed >= 0, got {seeds} and {args.first_seed}")
     overrides = {k: v for k, v in (("iterations", args.iterations), ("lr", args.lr), ("warmup_iters", args.warmup))
                  if v is not None}
     if args.clip_grad_norm is not None:
@@ -179,8 +184,10 @@ def main(argv=None) -> int:
             full = build(name, 0, {}, args.ablate_setting, num_train=1)[1].iterations
             if full > 100:
                 o["iterations"] = 100
-        jobs += [(name, s, o, args.ablate_setting, args.num_train) for s in range(seeds)]
-    print(f"{len(jobs)} runs ({', '.join(names)}; seeds 0..{seeds - 1}), {args.jobs} at a time", file=sys.stderr)
+        jobs += [(name, s, o, args.ablate_setting, args.num_train)
+                 for s in range(args.first_seed, args.first_seed + seeds)]
+    print(f"{len(jobs)} runs ({', '.join(names)}; seeds {args.first_seed}..{args.first_seed + seeds - 1}), "
+          f"{args.jobs} at a time", file=sys.stderr)
     results = []
 
     def report(r):

@@ -1,5 +1,6 @@
 """benchmarks/train_seeds.py: a smoke run of two recipes (3 iterations of a few images), its spike arithmetic on a
 made-up log, and the notebooks' recipe as the benchmark knows it."""
+import json
 import os
 import sys
 
@@ -24,6 +25,16 @@ def test_a_smoke_run_prints_one_row_per_recipe(capsys):
     out = capsys.readouterr().out
     assert rc == 0
     assert "| notebook | 0.02 | 4 |" in out and "| ablate-fpn | 0.02 | 2 |" in out
+
+
+def test_first_seed_adds_seeds_to_an_earlier_table(tmp_path, capsys):
+    path = tmp_path / "runs.json"
+    rc = train_seeds.main(["--recipes", "notebook", "--seeds", "1", "--first-seed", "3", "--iterations", "2",
+                           "--num-train", "4", "--json", str(path)])
+    assert rc == 0 and "seeds 3..3" in capsys.readouterr().err
+    runs = json.loads(path.read_text())
+    runs = runs["runs"] if isinstance(runs, dict) else runs
+    assert [r["seed"] for r in runs] == [3]
 
 
 def test_the_notebook_recipe_is_the_one_the_notebooks_train_with():
