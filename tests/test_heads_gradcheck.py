@@ -25,7 +25,7 @@ from tinymask.gradcheck import check_named
 from tinymask.mask_head import init_mask_head_params, mask_head_backward, mask_head_forward
 from tinymask.mask_targets import project_masks_on_boxes
 from tinymask.roi_heads import box_head_backward, box_head_forward, init_box_head_params
-from tiny import tiny_config
+from tiny import tiny_batch, tiny_config
 
 TOL = 1e-7  # float64 central differences on these sizes agree to ~1e-9
 
@@ -139,24 +139,11 @@ def test_c4_head_gradients_with_mask_branch(rng):
 # The mask loss in a training step: exactly the ground-truth class's channel
 # ---------------------------------------------------------------------------------------------------------------
 
-def mask_batch():
-    """Two 48×48 images, three instances of classes 1 and 2 (the tiny model's K = 3 includes background)."""
-    rng = np.random.default_rng(3)
-    images, targets = [], []
-    for boxes, labels in (([[4, 6, 30, 28], [20, 18, 44, 46]], [1, 2]), ([[10, 8, 40, 30]], [2])):
-        masks = np.zeros((len(boxes), 48, 48), np.uint8)
-        for m, (x0, y0, x1, y1) in zip(masks, boxes):
-            m[y0 + 2:y1 - 2, x0 + 1:x1 - 3] = 1
-        images.append(rng.random((3, 48, 48)))
-        targets.append({"boxes": np.array(boxes, np.float64), "labels": np.array(labels), "masks": masks})
-    return images, targets
-
-
 def test_mask_loss_trains_only_the_ground_truth_channel(monkeypatch):
     cfg = tiny_config()
     assert cfg.min_size == cfg.max_size == 48  # the images are not resized: RoIs and masks share coordinates
     params = model.init_params(cfg, seed=0, dtype=np.float64)
-    images, targets = mask_batch()
+    images, targets = tiny_batch()
     recorded = []
     real_forward = model.mask_head_forward
 

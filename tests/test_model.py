@@ -2,22 +2,8 @@
 import numpy as np
 import pytest
 
-from tinymask.gradcheck import rel_error
 from tinymask.model import LOSS_NAMES, init_params, is_trainable, predict, train_backward, train_forward
-from tiny import tiny_config
-
-
-def tiny_batch(dtype=np.float64):
-    rng = np.random.default_rng(3)
-    images, targets = [], []
-    for boxes, labels in (([[4, 6, 30, 28], [20, 18, 44, 46]], [1, 2]), ([[10, 8, 40, 30]], [2])):
-        image = rng.random((3, 48, 48)).astype(dtype)
-        masks = np.zeros((len(boxes), 48, 48), np.uint8)
-        for m, (x0, y0, x1, y1) in zip(masks, boxes):
-            m[y0 + 2:y1 - 2, x0 + 1:x1 - 3] = 1
-        images.append(image)
-        targets.append({"boxes": np.array(boxes, dtype), "labels": np.array(labels), "masks": masks})
-    return images, targets
+from tiny import tiny_batch, tiny_config
 
 
 def total_loss(losses):
