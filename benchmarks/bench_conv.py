@@ -18,7 +18,8 @@ import time
 
 import numpy as np
 
-from tinymask.layers import conv2d_backward, conv2d_forward, conv_transpose2d_backward, conv_transpose2d_forward
+from tinymask.layers.conv import conv2d_backward, conv2d_forward
+from tinymask.layers.conv_transpose import conv_transpose2d_backward, conv_transpose2d_forward
 
 # (name, kind, x shape, w shape, settings): shapes from ResNet-50 at an 800-pixel input and the mask head.
 CASES = [

@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from tinymask.backend import available_backends
+from tinymask.ops.backend import available_backends
 from tinymask.layers import roi_align_backward, roi_align_forward
 from bench_conv import best_time  # best of `repeat` runs after a warm-up
 from bench_kernels import p2_rois

@@ -34,11 +34,12 @@ import time
 
 import numpy as np
 
-from tinymask.backend import available_backends
-from tinymask.layers import (conv2d_backward, conv2d_forward, conv_transpose2d_backward, conv_transpose2d_forward,
-                             roi_align_backward, roi_align_forward)
-from tinymask.mask_paste import paste_masks_in_image
-from tinymask.nms import nms
+from tinymask.ops.backend import available_backends
+from tinymask.layers.conv import conv2d_backward, conv2d_forward
+from tinymask.layers.conv_transpose import conv_transpose2d_backward, conv_transpose2d_forward
+from tinymask.layers import roi_align_backward, roi_align_forward
+from tinymask.box_logic.mask_paste import paste_masks_in_image
+from tinymask.box_logic.nms import nms
 from bench_conv import best_time, best_times, torch_conv_fn  # best of `repeat` runs (interleaved) after a warm-up
 
 CPU_BACKENDS = [name for name in ("numpy", "numba") if available_backends()[name][0]]

@@ -32,10 +32,10 @@ from bench_conv import best_time, run_with_coretype_both  # noqa: E402  (best_ti
 from bench_kernels import machine, threads  # noqa: E402
 
 import tinymask  # noqa: E402
-from tinymask.backend import available_backends, use_backend  # noqa: E402
-from tinymask.config import MaskRCNNConfig  # noqa: E402
-from tinymask.data import ShapesDataset  # noqa: E402
-from tinymask.model import init_params, predict, train_backward, train_forward  # noqa: E402
+from tinymask.ops.backend import available_backends, use_backend
+from tinymask.config import MaskRCNNConfig
+from tinymask.data.shapes import ShapesDataset
+from tinymask.model import init_params, predict, train_backward, train_forward
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Counting FLOPs: wrap the GEMM-backed layers wherever tinymask imported them.

@@ -30,13 +30,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_kernels import machine, threads  # noqa: E402
 from bench_model import FlopCounter, blas_peak  # noqa: E402
 
-import tinymask.model as model  # noqa: E402
-from tinymask.backend import available_backends, use_backend  # noqa: E402
-from tinymask.config import MaskRCNNConfig  # noqa: E402
-from tinymask.data import ShapesDataset  # noqa: E402
-from tinymask.model import init_params, is_trainable, train_backward, train_forward  # noqa: E402
-from tinymask.optim import SGD  # noqa: E402
-from tinymask.train import Recipe, batch_for_iteration, load_batch  # noqa: E402
+import tinymask.model as model
+from tinymask.ops.backend import available_backends, use_backend
+from tinymask.config import MaskRCNNConfig
+from tinymask.data.shapes import ShapesDataset
+from tinymask.model import init_params, is_trainable, train_backward, train_forward
+from tinymask.training.optim import SGD
+from tinymask.training.loop import batch_for_iteration, load_batch, Recipe
 
 # (stage label, the function tinymask.model calls for it), in the order the data flows; forward, then backward.
 FORWARD_STAGES = [

@@ -7,7 +7,7 @@
     python benchmarks/train_seeds.py --jobs 2 --json runs/seeds.json  # two runs at a time; the results as JSON
     python benchmarks/train_seeds.py --recipes default --seeds 2 --first-seed 2   # seeds 2 and 3
 
-Each run is `tinymask.train.train` itself (no evaluation, so only the training loop is timed), in a temporary
+Each run is `tinymask.training.loop.train` itself (no evaluation, so only the training loop is timed), in a temporary
 folder, with one BLAS thread per worker. A run *diverges* when the loop raises `TrainingDiverged` (a loss or the
 gradient stopped being finite, or the forward pass produced NaN or infinity). From its log.jsonl the table also
 gives, per recipe:
@@ -46,25 +46,25 @@ NOTEBOOK_RECIPE = dict(batch_size=4, warmup_iters=50, eval_every=0)
 
 
 def recipe_names() -> list:
-    from tinymask.ablate import VARIANTS
+    from tinymask.training.ablations import VARIANTS
     return ["default", "notebook", "notebook-brief"] + [f"ablate-{v}" for v in VARIANTS]
 
 
 def build(name: str, seed: int, overrides: dict, ablate_setting: str = "quick", num_train: int | None = None):
     """(cfg, Recipe, train_set) of a shipped recipe for one seed, with `overrides` (Recipe fields) applied."""
     from tinymask.config import MaskRCNNConfig
-    from tinymask.data import ShapesDataset
-    from tinymask.train import Recipe
+    from tinymask.data.shapes import ShapesDataset
+    from tinymask.training.loop import Recipe
 
     if name.startswith("ablate-"):
-        from tinymask.ablate import make_setting, variant_config
+        from tinymask.training.ablations import make_setting, variant_config
         s = make_setting(ablate_setting)
         data = dict(seed=0, image_size=s.image_size, difficulty=s.difficulty)
         train_set = ShapesDataset("train", num_train or s.num_train, **data)
         cfg = variant_config(name[len("ablate-"):], train_set.class_names, s.image_size)
         fields = dict(iterations=s.iterations, batch_size=s.batch_size, lr=s.lr,
                       warmup_iters=min(s.warmup_iters, s.iterations), eval_every=0,
-                      clip_grad_norm=s.clip_grad_norm)  # as tinymask.ablate.run_one builds it
+                      clip_grad_norm=s.clip_grad_norm)  # as tinymask.training.ablations.run_one builds it
     else:
         from tinymask.cli import SHAPES_DEFAULTS as d
         train_set = ShapesDataset("train", num_train or d["num_train"], seed=d["seed"], image_size=d["image_size"],
@@ -103,7 +103,7 @@ def spike_stats(steps: list) -> dict:
 
 def run_one(name: str, seed: int, overrides: dict, ablate_setting: str = "quick", num_train: int | None = None) -> dict:
     """Train one recipe with one seed in a temporary folder; the result as a dict (see the module docstring)."""
-    from tinymask.train import TrainingDiverged, train
+    from tinymask.training.loop import train, TrainingDiverged
 
     cfg, recipe, train_set = build(name, seed, overrides, ablate_setting, num_train)
     start = time.perf_counter()

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from tinymask import ablate as A
+from tinymask.training import ablations as A
 from tinymask.cli import main
 from tinymask.config import MaskRCNNConfig
 

@@ -1,11 +1,11 @@
-"""Tests for tinymask/anchors.py: hand-checked base anchors, order and count, and torchvision's anchors exactly."""
+"""Tests for tinymask/box_logic/anchors.py: hand-checked base anchors, order and count, and torchvision's anchors exactly."""
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tinymask.anchors import anchors_for_image, base_anchors, grid_anchors
+from tinymask.box_logic.anchors import anchors_for_image, base_anchors, grid_anchors
 
 DATA = Path(__file__).parent / "data"
 

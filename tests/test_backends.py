@@ -1,4 +1,4 @@
-"""The backend switch (tinymask/backend.py) and every compiled CPU kernel against the NumPy reference (tinymask/ops/).
+"""The backend switch (tinymask/ops/backend.py) and every compiled CPU kernel against the NumPy reference (tinymask/ops/).
 
 One helper, `check_backends`, runs a layer's forward (and its backward, with a fixed upstream gradient) on the "numpy"
 backend and on each other backend asked for, and compares every output. It is used for every op below, and by
@@ -13,15 +13,17 @@ import re
 import numpy as np
 import pytest
 
-import tinymask.backend as backend_module
-from tinymask.backend import (BACKENDS, ENV_VAR, available_backends, describe_backends, get_backend, set_backend,
-                              use_backend)
-from tinymask.layers import (conv2d_backward, conv2d_forward, conv_transpose2d_backward, conv_transpose2d_forward,
-                             multiscale_roi_backward, multiscale_roi_forward, roi_align_backward, roi_align_forward,
-                             roi_pool_backward, roi_pool_forward, roi_warp_backward, roi_warp_forward)
-from tinymask.mask_paste import paste_masks_in_image
-from tinymask.nms import batched_nms, nms
-from tinymask.ops import KERNELS, get_ops
+import tinymask.ops.backend as backend_module
+from tinymask.ops.backend import (available_backends, BACKENDS, describe_backends, ENV_VAR, get_backend, set_backend,
+                                  use_backend)
+from tinymask.layers.conv import conv2d_backward, conv2d_forward
+from tinymask.layers.conv_transpose import conv_transpose2d_backward, conv_transpose2d_forward
+from tinymask.layers.multiscale_roi import multiscale_roi_backward, multiscale_roi_forward
+from tinymask.layers import roi_align_backward, roi_align_forward, roi_pool_backward, roi_pool_forward
+from tinymask.layers.roi_warp import roi_warp_backward, roi_warp_forward
+from tinymask.box_logic.mask_paste import paste_masks_in_image
+from tinymask.box_logic.nms import batched_nms, nms
+from tinymask.ops import get_ops, KERNELS
 
 CPU_BACKENDS = [name for name in ("numba",) if available_backends()[name][0]]  # every compiled CPU backend here
 DTYPES = [np.float64, np.float32]

@@ -10,9 +10,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 from bench_model import FlopCounter  # noqa: E402
 
-import tinymask.mask_head  # noqa: E402
-from tinymask.layers.conv import conv2d_forward  # noqa: E402
-from tinymask.model import init_params, train_forward  # noqa: E402
+import tinymask.heads.mask_head
+from tinymask.layers.conv import conv2d_forward
+from tinymask.model import init_params, train_forward
 from tiny import tiny_config  # noqa: E402
 
 
@@ -22,11 +22,11 @@ def test_flop_counter_counts_convs_deconvs_and_linears_where_the_model_calls_the
     x = np.random.default_rng(0).standard_normal((R, 4, 4, 4))  # (R, C, 4, 4) RoI features for the mask head
     params = init_params(cfg, dtype=np.float64)
     with FlopCounter() as c:
-        tinymask.mask_head.mask_head_forward(params, x, cfg)
+        tinymask.heads.mask_head.mask_head_forward(params, x, cfg)
     # two 3x3 convs 4->4 on 4x4, a 2x2 deconv 4->4 to 8x8, a 1x1 conv 4->3 on 8x8; 2 FLOPs per multiply-add
     expected = 2 * R * (2 * 16 * 4 * 4 * 9 + 16 * 4 * 4 * 4 + 64 * 3 * 4)
     assert c.flops == expected
-    assert tinymask.mask_head.conv2d_forward is conv2d_forward  # the wrappers are removed on exit
+    assert tinymask.layers.conv.conv2d_forward is conv2d_forward  # the wrappers are removed on exit
 
 
 def test_flop_counter_sees_a_whole_training_forward():

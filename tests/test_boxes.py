@@ -1,20 +1,12 @@
-"""Tests for tinymask/boxes.py: box coding (Faster R-CNN Eq. 2) and IoU against torchvision, hand cases, bad input."""
+"""Tests for tinymask/box_logic/boxes.py: box coding (Faster R-CNN Eq. 2) and IoU against torchvision, hand cases, bad input."""
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tinymask.boxes import (
-    DEFAULT_CLAMP,
-    box_area,
-    box_iou,
-    check_boxes,
-    clip_boxes,
-    decode_boxes,
-    encode_boxes,
-    remove_small_boxes,
-)
+from tinymask.box_logic.boxes import (box_area, box_iou, check_boxes, clip_boxes, decode_boxes, DEFAULT_CLAMP,
+                                      encode_boxes, remove_small_boxes)
 
 DATA = Path(__file__).parent / "data"
 

@@ -9,7 +9,7 @@ import pytest
 
 from tinymask.cli import main
 from tinymask.config import MaskRCNNConfig
-from tinymask.weights import save_npz
+from tinymask.weights.npz import save_npz
 from tiny import tiny_shapes_config
 
 def tiny_config(**overrides) -> MaskRCNNConfig:
@@ -87,11 +87,11 @@ def test_train_eval_predict_round_trip(tmp_path, capsys):
     capsys.readouterr()
     assert json.loads((tmp_path / "e2.json").read_text())["segm"] == saved["segm"]
 
-    # predict delegates to tinymask.inference.run_predict
-    pytest.importorskip("tinymask.inference")
+    # predict delegates to tinymask.evaluation.predict.run_predict
+    pytest.importorskip("tinymask.evaluation.predict")
     from PIL import Image
 
-    from tinymask.data import ShapesDataset
+    from tinymask.data.shapes import ShapesDataset
     image = (ShapesDataset("test", 1)[0]["image"].transpose(1, 2, 0) * 255).astype(np.uint8)
     Image.fromarray(image).save(tmp_path / "shape.png")
     assert main(["predict", str(tmp_path / "shape.png"), "--checkpoint", str(out / "last"),
@@ -129,15 +129,15 @@ def test_errors_are_one_line(argv, message, tmp_path, capsys):
 
 
 def test_backend_option_runs_the_command_on_that_backend_and_restores_the_choice(tmp_path, capsys, monkeypatch):
-    from tinymask.backend import available_backends, get_backend
+    from tinymask.ops.backend import available_backends, get_backend
     monkeypatch.delenv("TINYMASK_BACKEND", raising=False)
     config = tmp_path / "tiny.json"
     tiny_config().save(config)
     name = "numba" if available_backends()["numba"][0] else "numpy"
     seen = []
-    import tinymask.train
-    real_train = tinymask.train.train  # what the command calls, to see the backend it runs under
-    monkeypatch.setattr(tinymask.train, "train", lambda *a, **k: (seen.append(get_backend()), real_train(*a, **k))[1])
+    import tinymask.training.loop
+    real_train = tinymask.training.loop.train  # what the command calls, to see the backend it runs under
+    monkeypatch.setattr(tinymask.training.loop, "train", lambda *a, **k: (seen.append(get_backend()), real_train(*a, **k))[1])
     assert main(["train", "--config", str(config), "--num-train", "2", "--num-val", "1", "--iterations", "1",
                  "--batch-size", "1", "--eval-every", "0", "--out", str(tmp_path / "r"), "--no-progress",
                  "--backend", name]) == 0
@@ -146,7 +146,7 @@ def test_backend_option_runs_the_command_on_that_backend_and_restores_the_choice
 
 
 def test_unavailable_backend_is_a_one_line_error(tmp_path, capsys):
-    from tinymask.backend import available_backends
+    from tinymask.ops.backend import available_backends
     if available_backends()["cuda"][0]:
         pytest.skip("this machine can run the cuda backend")
     code = main(["eval", "--checkpoint", str(tmp_path / "none"), "--backend", "cuda"])

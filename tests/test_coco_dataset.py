@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tinymask.data import CocoDataset, CocoFormatError, check_sample, training_targets
-from tinymask.rle import rle_encode
+from tinymask.data.coco import CocoDataset, CocoFormatError
+from tinymask.data import check_sample
+from tinymask.data.transforms import training_targets
+from tinymask.evaluation.rle import rle_encode
 
 RGB = (np.arange(6 * 8 * 3).reshape(6, 8, 3) * 5 % 256).astype(np.uint8)  # (H=6, W=8, 3)
 GRAY = (np.arange(4 * 5).reshape(4, 5) * 12).astype(np.uint8)  # (H=4, W=5)
@@ -44,7 +46,7 @@ def coco_dict():
             {"id": 5, "image_id": 13, "category_id": 3, "bbox": [0, 0, 8, 6], "iscrowd": 0, "area": 8.0,
              "segmentation": [[0, 0, 2, 0, 2, 2, 0, 2], [6, 4, 8, 4, 8, 6, 6, 6]]},  # two parts
             {"id": 6, "image_id": 14, "category_id": 90, "bbox": [0, 0, 3, 3], "iscrowd": 0, "area": 4.0,
-             "segmentation": {"size": [3, 3], "counts": "11112O"}},  # the golden example of tinymask/rle.py
+             "segmentation": {"size": [3, 3], "counts": "11112O"}},  # the golden example of tinymask/evaluation/rle.py
         ],
         "categories": [{"id": 90, "name": "zebra"}, {"id": 3, "name": "cat"}, {"id": 17, "name": "dog"}],
     }

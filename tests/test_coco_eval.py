@@ -1,4 +1,4 @@
-"""Tests for tinymask/coco_eval.py: hand-computed APs, edge cases and errors, and agreement with pycocotools' COCOeval
+"""Tests for tinymask/evaluation/coco_eval.py: hand-computed APs, edge cases and errors, and agreement with pycocotools' COCOeval
 (every one of the 12 stats, the full precision and recall arrays) on synthetic datasets, for bbox and segm."""
 import contextlib
 import copy
@@ -7,9 +7,9 @@ import io
 import numpy as np
 import pytest
 
-from tinymask.coco_eval import (AREA_RANGES, IOU_THRESHOLDS, MAX_DETS, RECALL_THRESHOLDS, STAT_NAMES, evaluate,
-                                format_table)
-from tinymask.rle import polygons_to_mask, rle_area, rle_encode
+from tinymask.evaluation.coco_eval import (AREA_RANGES, evaluate, format_table, IOU_THRESHOLDS, MAX_DETS,
+                                           RECALL_THRESHOLDS, STAT_NAMES)
+from tinymask.evaluation.rle import polygons_to_mask, rle_area, rle_encode
 
 
 # ---------------------------------------------------------------------------------------------------------------

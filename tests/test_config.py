@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tinymask.config import MaskRCNNConfig
-from tinymask.transform import preprocess, preprocess_targets, resized_size
+from tinymask.box_logic.resize import preprocess, preprocess_targets, resized_size
 
 
 @pytest.mark.parametrize("name", ["small", "resnet50_fpn", "resnet50_c4"])

@@ -59,12 +59,12 @@ kernels_run = pytest.mark.skipif(
 if SIMULATOR or ON_GPU:
     from test_backends import ROIS, assert_close, check_backends, random_boxes, roi_features
 
-    from tinymask.backend import available_backends, get_backend, use_backend
-    from tinymask.layers import (conv2d_backward, conv2d_forward, conv_transpose2d_backward,
-                                 conv_transpose2d_forward, roi_align_backward, roi_align_forward, roi_pool_backward,
-                                 roi_pool_forward)
-    from tinymask.mask_paste import paste_masks_in_image
-    from tinymask.nms import batched_nms, nms
+    from tinymask.ops.backend import available_backends, get_backend, use_backend
+    from tinymask.layers.conv import conv2d_backward, conv2d_forward
+    from tinymask.layers.conv_transpose import conv_transpose2d_backward, conv_transpose2d_forward
+    from tinymask.layers import roi_align_backward, roi_align_forward, roi_pool_backward, roi_pool_forward
+    from tinymask.box_logic.mask_paste import paste_masks_in_image
+    from tinymask.box_logic.nms import batched_nms, nms
     from tinymask.ops import get_ops
 
 DTYPES = [np.float64, np.float32]

@@ -4,11 +4,11 @@ import json
 import numpy as np
 import pytest
 
-import tinymask.evaluate as E
+import tinymask.evaluation.evaluate as E
 from tinymask.config import MaskRCNNConfig
-from tinymask.data import ShapesDataset
+from tinymask.data.shapes import ShapesDataset
 from tinymask.model import init_params
-from tinymask.rle import rle_decode
+from tinymask.evaluation.rle import rle_decode
 from tiny import tiny_shapes_config
 
 def tiny_config(**overrides) -> MaskRCNNConfig:

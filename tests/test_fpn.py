@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinymask.backbone.fpn import (TORCHVISION_NAMES, fpn_backward, fpn_forward, fpn_param_shapes, init_fpn_params,
-                                   resnet_fpn_backward, resnet_fpn_forward)
-from tinymask.backbone.resnet import ResNetConfig, init_resnet_params, resnet_param_shapes
+from tinymask.backbone.fpn import (fpn_backward, fpn_forward, fpn_param_shapes, init_fpn_params, resnet_fpn_backward,
+                                   resnet_fpn_forward, TORCHVISION_NAMES)
+from tinymask.backbone.resnet import init_resnet_params, resnet_param_shapes, ResNetConfig
 from tinymask.gradcheck import check_named, rel_error
 from torchvision_fixture import load_tiny_fpn_model, regenerate_weights
 

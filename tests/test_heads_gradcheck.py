@@ -3,11 +3,11 @@
 The whole-model check (tests/test_model.py) samples a few entries of each parameter; these check every entry of every
 parameter and of the input, per tensor, in float64, with a random upstream gradient on *each* output:
 
-- the FPN box head (`tinymask.roi_heads`): fc6 → fc7 → two predictors that read the same fc7 features, so a backward
+- the FPN box head (`tinymask.heads.box_head`): fc6 → fc7 → two predictors that read the same fc7 features, so a backward
   that drops either predictor's gradient into fc7 fails (class scores and box deltas get independent upstream
   gradients);
-- the mask heads (`tinymask.mask_head`): the FCN of Fig. 4 (right) and the MLP of Table 2(e);
-- the C4 head (`tinymask.c4_head`, Fig. 4 left): ResNet stage 5 read by the box predictors *and* by the mask head on
+- the mask heads (`tinymask.heads.mask_head`): the FCN of Fig. 4 (right) and the MLP of Table 2(e);
+- the C4 head (`tinymask.heads.c4_head`, Fig. 4 left): ResNet stage 5 read by the box predictors *and* by the mask head on
   the positive rows, so the mask branch's gradient must reach stage 5 too.
 
 Every bias is random and non-zero (and every weight perturbed), so that no ReLU input sits on its kink and no
@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 
 import tinymask.model as model
-from tinymask import c4_head
+from tinymask.heads import c4_head
 from tinymask.gradcheck import check_named
-from tinymask.mask_head import init_mask_head_params, mask_head_backward, mask_head_forward
-from tinymask.mask_targets import project_masks_on_boxes
-from tinymask.roi_heads import box_head_backward, box_head_forward, init_box_head_params
+from tinymask.heads.mask_head import init_mask_head_params, mask_head_backward, mask_head_forward
+from tinymask.box_logic.mask_targets import project_masks_on_boxes
+from tinymask.heads.box_head import box_head_backward, box_head_forward, init_box_head_params
 from tiny import tiny_batch, tiny_config
 
 TOL = 1e-7  # float64 central differences on these sizes agree to ~1e-9

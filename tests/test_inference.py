@@ -1,4 +1,4 @@
-"""Tests for tinymask/inference.py: loading models from every source, COCO results, run_predict, clear errors."""
+"""Tests for tinymask/evaluation/predict.py: loading models from every source, COCO results, run_predict, clear errors."""
 import json
 from pathlib import Path
 
@@ -7,11 +7,12 @@ import pytest
 from PIL import Image
 
 from tinymask.config import MaskRCNNConfig
-from tinymask.inference import (detections_to_coco_results, expected_shapes, keep_scores_above, load_model,
-                                run_predict)
+from tinymask.evaluation.predict import detections_to_coco_results, keep_scores_above, run_predict
+from tinymask.weights.checkpoint import expected_shapes, load_model
 from tinymask.model import init_params, predict
-from tinymask.rle import rle_decode
-from tinymask.weights import ParamsMismatchError, save_npz
+from tinymask.evaluation.rle import rle_decode
+from tinymask.weights.errors import ParamsMismatchError
+from tinymask.weights.npz import save_npz
 from tiny import tiny_config as _tiny
 
 

@@ -1,4 +1,4 @@
-"""Tests for tinymask/interpolate.py: identity, hand-derived 2x2 -> 4x4 and 4 -> 2, per-pixel reference, bad input.
+"""Tests for tinymask/box_logic/bilinear.py: identity, hand-derived 2x2 -> 4x4 and 4 -> 2, per-pixel reference, bad input.
 
 (The comparison with PyTorch itself happens through `paste.out` in test_mask_paste.py, which resizes with it.)
 """
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tinymask.interpolate import bilinear_resize, linear_weights
+from tinymask.box_logic.bilinear import bilinear_resize, linear_weights
 
 
 def reference_resize(x, out_h, out_w):

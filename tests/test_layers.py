@@ -3,13 +3,16 @@ import numpy as np
 import pytest
 
 from tinymask.gradcheck import check_layer
-from tinymask.layers import (conv2d_backward, conv2d_backward_naive, conv2d_forward, conv2d_forward_naive,
-                             conv_transpose2d_backward, conv_transpose2d_backward_naive, conv_transpose2d_forward,
-                             conv_transpose2d_forward_naive, frozen_batch_norm_backward, frozen_batch_norm_forward,
-                             global_avg_pool_backward, global_avg_pool_forward, group_norm_backward, group_norm_forward,
-                             linear_backward, linear_forward,
-                             max_pool2d_backward, max_pool2d_forward, relu_backward, relu_forward, sigmoid_backward,
-                             sigmoid_forward, upsample_nearest_backward, upsample_nearest_forward)
+from tinymask.layers.conv import conv2d_backward, conv2d_backward_naive, conv2d_forward, conv2d_forward_naive
+from tinymask.layers.conv_transpose import (conv_transpose2d_backward, conv_transpose2d_backward_naive,
+                                            conv_transpose2d_forward, conv_transpose2d_forward_naive)
+from tinymask.layers.norm import (frozen_batch_norm_backward, frozen_batch_norm_forward, group_norm_backward,
+                                  group_norm_forward)
+from tinymask.layers.pooling import (global_avg_pool_backward, global_avg_pool_forward, max_pool2d_backward,
+                                     max_pool2d_forward)
+from tinymask.layers.linear import linear_backward, linear_forward
+from tinymask.layers.activations import relu_backward, relu_forward, sigmoid_backward, sigmoid_forward
+from tinymask.layers.upsample import upsample_nearest_backward, upsample_nearest_forward
 
 TOL = 1e-7
 

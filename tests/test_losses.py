@@ -4,9 +4,9 @@ import pytest
 
 from tinymask.config import MaskRCNNConfig
 from tinymask.gradcheck import check_loss
-from tinymask.losses import binary_cross_entropy_with_logits, smooth_l1, softmax_cross_entropy
-from tinymask.roi_heads import box_loss
-from tinymask.rpn import rpn_loss
+from tinymask.layers.losses import binary_cross_entropy_with_logits, smooth_l1, softmax_cross_entropy
+from tinymask.heads.box_head import box_loss
+from tinymask.heads.rpn import rpn_loss
 
 
 def test_softmax_cross_entropy_gradients(rng):

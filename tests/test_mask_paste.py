@@ -1,11 +1,11 @@
-"""Tests for tinymask/mask_paste.py: torchvision's paste_masks_in_image exactly, hand cases, edges, bad input."""
+"""Tests for tinymask/box_logic/mask_paste.py: torchvision's paste_masks_in_image exactly, hand cases, edges, bad input."""
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tinymask.interpolate import bilinear_resize
-from tinymask.mask_paste import binarize, expand_boxes, paste_masks_in_image
+from tinymask.box_logic.bilinear import bilinear_resize
+from tinymask.box_logic.mask_paste import binarize, expand_boxes, paste_masks_in_image
 
 DATA = Path(__file__).parent / "data"
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from tinymask.mask_targets import project_masks_on_boxes
+from tinymask.box_logic.mask_targets import project_masks_on_boxes
 
 OPS = np.load(__file__.rsplit("/", 1)[0] + "/data/ops.npz")
 

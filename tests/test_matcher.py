@@ -1,8 +1,8 @@
-"""Tests for tinymask/matcher.py: thresholds, the between band, torchvision's low-quality rule with ties, empties."""
+"""Tests for tinymask/box_logic/matcher.py: thresholds, the between band, torchvision's low-quality rule with ties, empties."""
 import numpy as np
 import pytest
 
-from tinymask.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, HEAD_MATCHER, RPN_MATCHER, Matcher
+from tinymask.box_logic.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, HEAD_MATCHER, Matcher, RPN_MATCHER
 
 B, N = BETWEEN_THRESHOLDS, BELOW_LOW_THRESHOLD  # -2, -1
 

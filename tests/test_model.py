@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from tinymask.model import LOSS_NAMES, init_params, is_trainable, predict, train_backward, train_forward
+from tinymask.model import init_params, is_trainable, LOSS_NAMES, predict, train_backward, train_forward
 from tiny import tiny_batch, tiny_config
 
 
@@ -190,7 +190,7 @@ def test_c5_predicts_and_sizes():
 
 def test_canonical_size_moves_rois_to_coarser_levels():
     """FPN Eq. 1's k0 and canonical size are config fields: halving the size moves every RoI one level up."""
-    from tinymask.layers.multiscale_roi import assign_fpn_levels
+    from tinymask.box_logic.levels import assign_fpn_levels
     boxes = np.array([[0, 0, 32, 32], [0, 0, 64, 64], [0, 0, 112, 112]], np.float64)
     assert list(assign_fpn_levels(boxes, 2, 5, 224, 4)) == [2, 2, 3]
     assert list(assign_fpn_levels(boxes, 2, 5, 112, 4)) == [2, 3, 4]

@@ -3,12 +3,8 @@ import numpy as np
 import pytest
 
 from tinymask.gradcheck import check_layer
-from tinymask.layers.multiscale_roi import (
-    assign_fpn_levels,
-    infer_scale,
-    multiscale_roi_backward,
-    multiscale_roi_forward,
-)
+from tinymask.box_logic.levels import assign_fpn_levels, infer_scale
+from tinymask.layers.multiscale_roi import multiscale_roi_backward, multiscale_roi_forward
 from tinymask.layers.roi_align import roi_align_forward
 from tinymask.layers.roi_pool import roi_pool_forward
 from tinymask.layers.roi_warp import roi_warp_forward

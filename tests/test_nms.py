@@ -1,8 +1,8 @@
-"""Tests for tinymask/nms.py: hand cases (threshold equality, chains, ties), brute force, batched vs per group."""
+"""Tests for tinymask/box_logic/nms.py: hand cases (threshold equality, chains, ties), brute force, batched vs per group."""
 import numpy as np
 import pytest
 
-from tinymask.nms import batched_nms, nms
+from tinymask.box_logic.nms import batched_nms, nms
 
 
 def brute_force_nms(boxes, scores, thr):

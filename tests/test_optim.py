@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from tinymask.optim import SGD, LRSchedule, decays_weight, global_norm
+from tinymask.training.optim import decays_weight, global_norm, LRSchedule, SGD
 
 
 def make_params():

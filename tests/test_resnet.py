@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinymask.backbone.resnet import (DEPTH_BLOCKS, ResNetConfig, bottleneck_backward, bottleneck_forward,
-                                      init_resnet_params, resnet_backward, resnet_forward, resnet_param_shapes,
-                                      resnet_stage_backward, resnet_stage_forward, stem_backward, stem_forward)
+from tinymask.backbone.resnet import (bottleneck_backward, bottleneck_forward, DEPTH_BLOCKS, init_resnet_params,
+                                      resnet_backward, resnet_forward, resnet_param_shapes, resnet_stage_backward,
+                                      resnet_stage_forward, ResNetConfig, stem_backward, stem_forward)
 from tinymask.gradcheck import check_named
 from torchvision_fixture import regenerate_weights
 

@@ -1,10 +1,10 @@
-"""Tests for tinymask/rle.py: golden hand examples, round trips, errors, and equality with pycocotools' mask API."""
+"""Tests for tinymask/evaluation/rle.py: golden hand examples, round trips, errors, and equality with pycocotools' mask API."""
 import numpy as np
 import pytest
 
-from tinymask.rle import (box_iou_xywh, counts_to_string, mask_iou, polygons_to_mask, rle_area, rle_counts,
-                          rle_decode, rle_encode, rle_to_bbox, segmentation_to_mask, segmentation_to_rle,
-                          string_to_counts)
+from tinymask.evaluation.rle import (box_iou_xywh, counts_to_string, mask_iou, polygons_to_mask, rle_area, rle_counts,
+                                     rle_decode, rle_encode, rle_to_bbox, segmentation_to_mask, segmentation_to_rle,
+                                     string_to_counts)
 
 # pycocotools' decode trips a NumPy 2 deprecation of its own; it is not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

@@ -5,13 +5,8 @@ import numpy as np
 import pytest
 
 from tinymask.gradcheck import check_layer
-from tinymask.layers.roi_align import (
-    linear_interp_1d,
-    roi_align_backward,
-    roi_align_forward,
-    roi_bins_1d,
-    sample_coords,
-)
+from tinymask.layers.roi_align import (linear_interp_1d, roi_align_backward, roi_align_forward, roi_bins_1d,
+                                       sample_coords)
 
 OPS = np.load(__file__.rsplit("/", 1)[0] + "/data/ops.npz")
 

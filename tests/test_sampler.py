@@ -1,14 +1,9 @@
-"""Tests for tinymask/sampler.py: counts and fractions, fewer positives than the quota, determinism, bad input."""
+"""Tests for tinymask/box_logic/sampler.py: counts and fractions, fewer positives than the quota, determinism, bad input."""
 import numpy as np
 import pytest
 
-from tinymask.sampler import (
-    HEAD_BATCH_SIZE_PER_IMAGE,
-    HEAD_POSITIVE_FRACTION,
-    RPN_BATCH_SIZE_PER_IMAGE,
-    RPN_POSITIVE_FRACTION,
-    sample_balanced,
-)
+from tinymask.box_logic.sampler import (HEAD_BATCH_SIZE_PER_IMAGE, HEAD_POSITIVE_FRACTION, RPN_BATCH_SIZE_PER_IMAGE,
+                                        RPN_POSITIVE_FRACTION, sample_balanced)
 
 
 def make_labels(num_pos, num_neg, num_ignored, seed=0):
@@ -98,7 +93,7 @@ def test_bad_input():
 
 
 def test_sample_recorded_takes_the_given_draw_and_checks_it_against_the_labels():
-    from tinymask.sampler import sample_recorded
+    from tinymask.box_logic.sampler import sample_recorded
     labels = np.array([1, 0, -1, 2, 0, 0])
     pos, neg = sample_recorded(labels, [3], [1, 5])
     assert pos.tolist() == [False, False, False, True, False, False]

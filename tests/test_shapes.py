@@ -5,9 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from tinymask.data import ShapesDataset, check_sample
+from tinymask.data.shapes import ShapesDataset
+from tinymask.data import check_sample
 from tinymask.data import shapes as S
-from tinymask.rle import rle_decode
+from tinymask.evaluation.rle import rle_decode
 
 KEYS = ("image", "boxes", "labels", "masks", "iscrowd")
 

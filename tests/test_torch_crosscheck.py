@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tinymask import layers as L
-from tinymask.losses import binary_cross_entropy_with_logits, smooth_l1, softmax_cross_entropy
+from tinymask.layers.losses import binary_cross_entropy_with_logits, smooth_l1, softmax_cross_entropy
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional

@@ -25,9 +25,9 @@ import pytest
 import tinymask.model
 
 from tinymask.config import MaskRCNNConfig
-from tinymask.layers.multiscale_roi import assign_fpn_levels
+from tinymask.box_logic.levels import assign_fpn_levels
 from tinymask.model import backbone_forward, is_trainable, train_backward, train_forward
-from tinymask.transform import preprocess, preprocess_targets
+from tinymask.box_logic.resize import preprocess, preprocess_targets
 from torchvision_fixture import DATA, regenerate_weights
 
 TOL = 1e-9  # relative to each array's largest value; the reference's own run-to-run spread is 8e-16

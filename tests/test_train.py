@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from tinymask.config import MaskRCNNConfig
-from tinymask.data import ShapesDataset
-from tinymask.train import (ProgressBar, Recipe, TrainingDiverged, batch_for_iteration, load_batch, load_checkpoint,
-                            resolve_checkpoint, save_checkpoint, train)
+from tinymask.data.shapes import ShapesDataset
+from tinymask.training.loop import batch_for_iteration, load_batch, ProgressBar, Recipe, train, TrainingDiverged
+from tinymask.weights.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from tiny import tiny_shapes_config
 
 def tiny_config(**overrides) -> MaskRCNNConfig:
@@ -65,7 +65,7 @@ def test_resumed_run_is_bit_identical(tmp_path, data):
 
 
 def test_ctrl_c_saves_the_iterations_done(tmp_path, data, monkeypatch):
-    import tinymask.train as T
+    import tinymask.training.loop as T
 
     stopped, _ = run(tmp_path, "stopped", data, recipe(), stop_after=2)
     real, calls = T.train_forward, []
@@ -169,7 +169,7 @@ def test_nan_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path, d
 
 
 def test_nan_loss_names_the_loss(tmp_path, data, monkeypatch):
-    import tinymask.train as T
+    import tinymask.training.loop as T
 
     real = T.train_forward
 

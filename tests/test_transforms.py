@@ -3,17 +3,10 @@ resumable epoch order."""
 import numpy as np
 import pytest
 
-from tinymask.data import (
-    ShapesDataset,
-    batch_indices,
-    check_sample,
-    collate,
-    epoch_order,
-    horizontal_flip,
-    masks_to_boxes,
-    random_horizontal_flip,
-    training_targets,
-)
+from tinymask.data.shapes import masks_to_boxes, ShapesDataset
+from tinymask.data.transforms import (batch_indices, collate, epoch_order, horizontal_flip, random_horizontal_flip,
+                                      training_targets)
+from tinymask.data import check_sample
 
 
 def hand_sample():

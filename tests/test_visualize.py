@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tinymask.visualize import (blend_masks, draw_detections, instance_color, plot_loss_curves, read_log,
-                                save_figure, show_ground_truth_vs_prediction, smooth)
+from tinymask.visualize import (blend_masks, draw_detections, instance_color, plot_loss_curves, read_log, save_figure,
+                                show_ground_truth_vs_prediction, smooth)
 from matplotlib.figure import Figure
 
 

@@ -1,4 +1,4 @@
-"""Tests for tinymask/weights.py: torch.save files read without PyTorch, malicious pickles, key upgrades, .npz files.
+"""Tests for tinymask/weights/files.py: torch.save files read without PyTorch, malicious pickles, key upgrades, .npz files.
 
 Files written by torch itself are used where torch is installed; the same format is also built by hand below (a zip
 and a pickle written opcode by opcode through `HandPickler`), so the reader is tested where torch is missing.
@@ -17,18 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinymask.weights import (
-    METADATA_KEY,
-    ParamsMismatchError,
-    UnsafePickleError,
-    WeightsFileError,
-    check_params_match,
-    load_npz,
-    load_torch_state_dict,
-    load_weights,
-    save_npz,
-    upgrade_legacy_keys,
-)
+from tinymask.weights.npz import load_npz, METADATA_KEY, save_npz
+from tinymask.weights.errors import ParamsMismatchError, UnsafePickleError, WeightsFileError
+from tinymask.weights.files import check_params_match, load_weights
+from tinymask.weights.torch_format import load_torch_state_dict
+from tinymask.weights.keys import upgrade_legacy_keys
 
 
 @pytest.fixture
@@ -306,7 +299,7 @@ def test_hand_built_legacy_stream(tmp_path):
 
 def test_loader_does_not_import_torch(tmp_path):
     path = write_torch_zip(tmp_path / "w.pth", *hand_state_dict({"w": np.ones(3, dtype=np.float32)}))
-    code = ("import sys; from tinymask.weights import load_torch_state_dict; "
+    code = ("import sys; from tinymask.weights.files import load_torch_state_dict; "
             f"assert load_torch_state_dict({str(path)!r})['w'].sum() == 3; assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -24,9 +24,9 @@ import time
 def _demo(args) -> int:
     import numpy as np
 
-    from . import layers as L
-    from .gradcheck import check_layer, check_loss
-    from .losses import binary_cross_entropy_with_logits, smooth_l1, softmax_cross_entropy
+    from tinymask import layers as L
+    from tinymask.gradcheck import check_layer, check_loss
+    from tinymask.layers.losses import binary_cross_entropy_with_logits, smooth_l1, softmax_cross_entropy
 
     rng = np.random.default_rng(args.seed)
     print("tinymask demo: every layer's hand-written backward against central differences (float64).")
@@ -72,8 +72,8 @@ def _info(args) -> int:
     import numba
     import numpy as np
 
-    from . import __version__
-    from .backend import describe_backends
+    from tinymask import __version__
+    from tinymask.ops.backend import describe_backends
     print(f"tinymask {__version__}\nnumpy {np.__version__}\nnumba {numba.__version__}\npython {sys.version.split()[0]}")
     print(describe_backends())
     return 0
@@ -147,7 +147,8 @@ def _data_info(args) -> dict:
 
 def _datasets(info: dict):
     """(train set, held-out set or None) from a data description."""
-    from .data import CocoDataset, ShapesDataset
+    from tinymask.data.coco import CocoDataset
+    from tinymask.data.shapes import ShapesDataset
 
     if info.get("kind") == "shapes":
         common = dict(seed=info["seed"], image_size=info["image_size"], difficulty=info["difficulty"])
@@ -161,7 +162,7 @@ def _datasets(info: dict):
 
 def _model_config(args, class_names: list):
     """The model config: a --config file (which must fit the data's classes) or a preset adapted to them."""
-    from .config import MaskRCNNConfig
+    from tinymask.config import MaskRCNNConfig
 
     if args.config is not None:
         cfg = MaskRCNNConfig.load(args.config)
@@ -194,7 +195,8 @@ def _latest_run() -> str:
 
 
 def _train(args) -> int:
-    from .train import Recipe, load_checkpoint, train
+    from tinymask.training.loop import Recipe, train
+    from tinymask.weights.checkpoint import load_checkpoint
 
     if args.resume:
         if args.config or args.preset or args.data or args.images or args.val_data or args.val_images or \
@@ -230,7 +232,7 @@ def _train(args) -> int:
               f"lr {recipe.lr:g} (warm-up {recipe.warmup_iters}, x{recipe.gamma:g} at "
               f"{', '.join(str(s) for s in recipe.schedule().steps) or 'no step'}), evaluating every "
               f"{recipe.eval_every or recipe.iterations} iterations; writing to {out}")
-    from .backend import get_backend
+    from tinymask.ops.backend import get_backend
     print(f"  kernels: {get_backend()} backend")
     train(cfg, recipe, train_set, val_set, out, resume=args.resume, data_info=info,
           progress=not args.no_progress)
@@ -239,22 +241,22 @@ def _train(args) -> int:
 
 def _load_for_eval(args):
     """(params, cfg, checkpoint metadata or {}) from --checkpoint, or --config with --weights."""
-    from .config import MaskRCNNConfig
-    from .model import init_params
-    from .weights import check_params_match, load_weights
+    from tinymask.config import MaskRCNNConfig
+    from tinymask.model import init_params
+    from tinymask.weights.files import check_params_match, load_weights
 
     weights = _pair(args, "config", "weights")
     if (args.checkpoint is None) == (weights[0] is None):
         raise UsageError("give --checkpoint DIR, or --config C.json with --weights W (.npz or .pth)")
     if args.checkpoint is not None:
-        from .train import load_checkpoint
+        from tinymask.weights.checkpoint import load_checkpoint
 
         params, cfg, metadata, _ = load_checkpoint(args.checkpoint)
         source = args.checkpoint
     else:
         cfg, params, metadata, source = MaskRCNNConfig.load(args.config), load_weights(args.weights), {}, args.weights
     shapes = {k: v.shape for k, v in init_params(cfg).items()}
-    from .train import VELOCITY_PREFIX
+    from tinymask.training.loop import VELOCITY_PREFIX
     params = {k: v for k, v in params.items()  # an optimizer's momentum and BN's counters are not the model
               if k in shapes or not (k.startswith(VELOCITY_PREFIX) or k.endswith("num_batches_tracked"))}
     try:
@@ -265,18 +267,18 @@ def _load_for_eval(args):
 
 
 def _eval(args) -> int:
-    from .evaluate import evaluate_model
+    from tinymask.evaluation.evaluate import evaluate_model
 
     params, cfg, metadata = _load_for_eval(args)
     data, images = _pair(args, "data", "images")
     if data is not None:
-        from .data import CocoDataset
+        from tinymask.data.coco import CocoDataset
 
         if not os.path.isfile(data):
             raise FileNotFoundError(f"annotation file not found: {data}")
         dataset = CocoDataset(data, images)
     else:
-        from .data import ShapesDataset
+        from tinymask.data.shapes import ShapesDataset
 
         info = metadata.get("data") or dict(SHAPES_DEFAULTS, kind="shapes")
         if info.get("kind") == "coco" and args.num_val is None:
@@ -301,14 +303,14 @@ def _eval(args) -> int:
 
 def _predict(args) -> int:
     try:
-        from .inference import run_predict
+        from tinymask.evaluation.predict import run_predict
     except ImportError as e:
         raise UsageError(f"prediction is not available in this installation ({e})") from None
     weights = _pair(args, "config", "weights")
     if (args.checkpoint is None) == (weights[0] is None):
         raise UsageError("give --checkpoint DIR, or --config C.json with --weights W (.npz or .pth)")
     if args.checkpoint is not None:
-        from .train import resolve_checkpoint
+        from tinymask.weights.checkpoint import resolve_checkpoint
 
         args.checkpoint = resolve_checkpoint(args.checkpoint)
     results = run_predict(args.images, checkpoint_dir=args.checkpoint, config_path=args.config,
@@ -341,7 +343,7 @@ seeds with their standard deviation; a Δ row is a difference of means with its 
 
 
 def _ablate(args) -> int:
-    from .ablate import TABLES, ablate, make_setting
+    from tinymask.training.ablations import ablate, make_setting, TABLES
 
     setting = make_setting(args.setting, iterations=args.iterations, seeds=args.seeds, num_train=args.num_train,
                            num_val=args.num_val, difficulty=args.difficulty, image_size=args.image_size,
@@ -385,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="print versions")
     info.set_defaults(func=_info)
 
-    from .train import Recipe
+    from tinymask.training.loop import Recipe
     r = Recipe()
     t = sub.add_parser("train", help="train a model (default: the small preset on the built-in shapes)",
                        description="Train Mask R-CNN, evaluate it with COCO box and mask AP on held-out images,\n"
@@ -502,9 +504,9 @@ def main(argv=None) -> int:
     if getattr(args, "threads", None) is not None and args.threads < 1:
         parser.error("--threads must be >= 1")
 
-    from .train import TrainingDiverged
+    from tinymask.training.loop import TrainingDiverged
 
-    from .backend import resolve_backend, use_backend
+    from tinymask.ops.backend import resolve_backend, use_backend
 
     backend = getattr(args, "backend", None) if args.command != "ablate" else None  # ablate passes it to its runs
     if backend is not None:

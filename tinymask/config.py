@@ -16,8 +16,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
+from tinymask._files import write_json
 
 BACKBONES = ("fpn", "c4", "c5")
 NORMS = ("frozen_bn", "group_norm")
@@ -186,20 +186,7 @@ class MaskRCNNConfig:
 
     def save(self, path) -> None:
         """Write the config as JSON, atomically (a temporary file renamed into place)."""
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".config-", suffix=".json.tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=2)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)  # mkstemp makes the file private; a config is an ordinary readable file
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_json(path, self.to_dict(), indent=2)
 
     @classmethod
     def load(cls, path) -> "MaskRCNNConfig":

@@ -24,21 +24,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import c4_head
-from .anchors import anchors_for_image
-from .backbone import (ResNetConfig, fpn_backward, fpn_forward, init_fpn_params, init_resnet_params,
-                       resnet_backward, resnet_forward)
-from .config import MaskRCNNConfig
-from .layers.multiscale_roi import infer_scale, multiscale_roi_backward, multiscale_roi_forward
-from .layers.pooling import max_pool2d_backward, max_pool2d_forward
-from .mask_head import (init_mask_head_params, mask_head_backward, mask_head_forward, mask_loss,
-                        mask_probabilities, mask_targets)
-from .roi_heads import (box_head_backward, box_head_forward, box_loss, init_box_head_params,
-                        postprocess_detections, select_training_rois)
-from .rpn import (flatten_head_outputs, init_rpn_params, rpn_head_backward, rpn_head_forward, rpn_loss,
-                  rpn_proposals, rpn_targets, unflatten_head_grads)
-from .targets import check_targets
-from .transform import postprocess, preprocess, preprocess_targets
+from tinymask.heads import c4_head
+from tinymask.box_logic.anchors import anchors_for_image
+from tinymask.backbone.resnet import init_resnet_params, resnet_backward, resnet_forward, ResNetConfig
+from tinymask.backbone.fpn import fpn_backward, fpn_forward, init_fpn_params
+from tinymask.config import MaskRCNNConfig
+from tinymask.box_logic.levels import infer_scale
+from tinymask.layers.multiscale_roi import multiscale_roi_backward, multiscale_roi_forward
+from tinymask.layers.pooling import max_pool2d_backward, max_pool2d_forward
+from tinymask.heads.mask_head import (init_mask_head_params, mask_head_backward, mask_head_forward, mask_loss,
+                                      mask_probabilities, mask_targets)
+from tinymask.heads.box_head import (box_head_backward, box_head_forward, box_loss, init_box_head_params,
+                                     postprocess_detections, select_training_rois)
+from tinymask.heads.rpn import (flatten_head_outputs, init_rpn_params, rpn_head_backward, rpn_head_forward, rpn_loss,
+                                rpn_proposals, rpn_targets, unflatten_head_grads)
+from tinymask.box_logic.resize import check_targets
+from tinymask.box_logic.resize import postprocess, preprocess, preprocess_targets
+from tinymask.layers.named import accumulate_grads
 
 LOSS_NAMES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
 
@@ -248,18 +250,14 @@ def train_backward(cache, loss_weights: dict | None = None, *, return_stages=Fal
     cfg = cache["cfg"]
     grads = {}
 
-    def add(g):
-        for k, v in g.items():
-            grads[k] = grads[k] + v if k in grads else v
-
     # Mask branch: L_mask -> mask head -> (FPN: RoIAlign on the pyramid | C4: the positive rows of stage 5's output).
     dmask_feats, g = mask_head_backward(w["loss_mask"] * cache["dmask_logits"], cache["c_mask_head"])
-    add(g)
+    accumulate_grads(grads, g)
     # Box branch: L_cls, L_box -> box head.
     dlogits, dregression = w["loss_classifier"] * cache["dlogits"], w["loss_box_reg"] * cache["dregression"]
     if cfg.backbone != "c4":
         dbox_feats, g = box_head_backward(dlogits, dregression, cache["c_box_head"])
-        add(g)
+        accumulate_grads(grads, g)
         d_roi_maps, _ = multiscale_roi_backward(dbox_feats, cache["c_box_pool"])
         d_mask_maps, _ = multiscale_roi_backward(dmask_feats, cache["c_mask_pool"])
         d_roi_maps = [a + b for a, b in zip(d_roi_maps, d_mask_maps)]
@@ -267,16 +265,16 @@ def train_backward(cache, loss_weights: dict | None = None, *, return_stages=Fal
         dres5_from_mask = np.zeros(cache["c_box_head"]["res5_shape"], dmask_feats.dtype)
         dres5_from_mask[cache["positive"]] = dmask_feats  # the mask branch read the positive rows
         dbox_feats, g = c4_head.backward(dlogits, dregression, dres5_from_mask, cache["c_box_head"])
-        add(g)
+        accumulate_grads(grads, g)
         d_roi_maps, _ = multiscale_roi_backward(dbox_feats, cache["c_box_pool"])
     # RPN: its two losses -> the shared head on every level.
     dobj, ddeltas = unflatten_head_grads(w["loss_objectness"] * cache["dobj_flat"],
                                          w["loss_rpn_box_reg"] * cache["ddeltas_flat"], cache["shapes"])
     d_rpn_maps, g = rpn_head_backward(dobj, ddeltas, cache["c_rpn"])
-    add(g)
+    accumulate_grads(grads, g)
     # Backbone: both streams of gradient meet on the feature maps.
     g, dmaps = backbone_backward(d_rpn_maps, d_roi_maps, cache["c_backbone"])
-    add(g)
+    accumulate_grads(grads, g)
     if not return_stages:
         return grads
     return grads, {"maps": dmaps, "box_features": dbox_feats, "mask_features": dmask_feats}

@@ -43,7 +43,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from .weights import _atomic_write
+from tinymask._files import atomic_write
 
 #: Opacity of a mask's colour fill (0 = invisible, 1 = opaque).
 MASK_ALPHA = 0.45
@@ -292,4 +292,4 @@ def save_figure(fig, path, dpi: int = 100) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
     data = buffer.getvalue()
-    _atomic_write(path, lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data))

@@ -35,12 +35,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validate import check_float_array
-from ..layers.activations import relu_backward, relu_forward
-from ..layers.conv import conv2d_backward, conv2d_forward
-from ..layers.norm import (frozen_batch_norm_backward, frozen_batch_norm_forward, group_norm_backward,
-                           group_norm_forward)
-from ..layers.pooling import max_pool2d_backward, max_pool2d_forward
+from tinymask.layers.activations import relu_backward, relu_forward
+from tinymask.layers.norm import (frozen_batch_norm_backward, frozen_batch_norm_forward, group_norm_backward,
+                                  group_norm_forward)
+from tinymask.layers.pooling import max_pool2d_backward, max_pool2d_forward
+from tinymask.layers.named import accumulate_grads, named_conv_backward, named_conv_forward, param
 
 #: Blocks per stage C2..C5 (ResNet Table 1).
 DEPTH_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
@@ -116,42 +115,9 @@ def has_projection(in_channels: int, out_channels: int, stride: int) -> bool:
 # Named parameters: look-up, and the conv / norm layers called by their parameter names.
 # ---------------------------------------------------------------------------------------------------------------
 
-def param(params: dict, key: str) -> np.ndarray:
-    """params[key], or an error that names the missing key."""
-    try:
-        return params[key]
-    except KeyError:
-        raise KeyError(f"the params dict has no entry {key!r}") from None
-
-
-def accumulate_grads(total: dict, new: dict) -> dict:
-    """Add `new` into `total` key by key: a weight used twice gets the sum of both gradients."""
-    for key, g in new.items():
-        total[key] = total[key] + g if key in total else g
-    return total
-
-
-def named_conv_forward(params, name, x, *, stride=1, padding=0, bias=False):
-    """conv2d with weight `name.weight` (and `name.bias`) from `params`. x: (N, C, H, W) -> (N, F, Ho, Wo), cache."""
-    check_float_array(x, "x", 4, "(N, C, H, W)")
-    w = param(params, f"{name}.weight")  # (F, C, kH, kW)
-    b = param(params, f"{name}.bias") if bias else None  # (F,)
-    if x.shape[1] != w.shape[1]:
-        raise ValueError(f"{name}.weight {w.shape} expects {w.shape[1]} input channels, got {x.shape[1]} "
-                         f"(input shape {x.shape})")
-    out, cache = conv2d_forward(x, w, b, stride=stride, padding=padding)
-    return out, (name, cache)
-
-
-def named_conv_backward(dout, cache):
-    """-> (dx, {name.weight: dw, name.bias: db (if it has one)})."""
-    name, conv_cache = cache
-    dx, dw, db = conv2d_backward(dout, conv_cache)
-    grads = {f"{name}.weight": dw}
-    if db is not None:
-        grads[f"{name}.bias"] = db
-    return dx, grads
-
+# ---------------------------------------------------------------------------------------------------------------
+# The stem (ResNet Table 1, conv1 + the max pool of conv2_x).
+# ---------------------------------------------------------------------------------------------------------------
 
 def named_norm_forward(params, name, x, cfg: ResNetConfig):
     """The configured norm with its parameters `name.*`. x: (N, C, H, W) -> same shape, cache."""
@@ -175,10 +141,6 @@ def named_norm_backward(dout, cache):
     dx, dgamma, dbeta = group_norm_backward(dout, norm_cache)
     return dx, {f"{name}.weight": dgamma, f"{name}.bias": dbeta}
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# The stem (ResNet Table 1, conv1 + the max pool of conv2_x).
-# ---------------------------------------------------------------------------------------------------------------
 
 def stem_forward(params, prefix, x, cfg: ResNetConfig):
     """x: (N, 3, H, W) image batch -> (N, stem_channels, ⌈H/4⌉, ⌈W/4⌉), cache. Parameters `{prefix}conv1`, `bn1`."""

@@ -11,11 +11,11 @@ Common Objects in Context*, ECCV 2014). The format is one JSON file (https://coc
 ## Segmentations come in three forms
 
 - **polygons**: a list of flat `[x0, y0, x1, y1, ...]` lists (one object may have several parts), in the same
-  continuous pixel coordinates as boxes; rasterised by `tinymask.rle.polygons_to_mask`;
+  continuous pixel coordinates as boxes; rasterised by `tinymask.evaluation.rle.polygons_to_mask`;
 - **uncompressed RLE**: `{"size": [H, W], "counts": [n0, n1, ...]}`, run lengths of 0s and 1s alternately, reading
   the mask column by column (Fortran order); COCO uses it for crowd regions;
 - **compressed RLE**: the same runs packed into a string, `{"size": [H, W], "counts": "Xc0a1..."}`.
-Both RLE forms are decoded by `tinymask.rle.rle_decode`, with pycocotools' semantics.
+Both RLE forms are decoded by `tinymask.evaluation.rle.rle_decode`, with pycocotools' semantics.
 
 ## Labels
 
@@ -27,7 +27,7 @@ Category ids can be any integers (COCO's 80 classes use ids 1..90 with gaps). Th
 
 An annotation with `iscrowd: 1` marks a region with many objects (a crowd of people). As in COCO's evaluation it is
 kept in the sample, flagged in `iscrowd`, because the evaluator must see it (a detection on a crowd is ignored,
-neither true nor false positive). It is not a training target: `tinymask.data.training_targets(sample)` drops it.
+neither true nor false positive). It is not a training target: `tinymask.data.transforms.training_targets(sample)` drops it.
 
 ## Boxes
 
@@ -54,7 +54,7 @@ from numbers import Real
 import numpy as np
 from PIL import Image
 
-from tinymask.rle import polygons_to_mask, rle_decode
+from tinymask.evaluation.rle import polygons_to_mask, rle_decode
 
 IMAGE_KEYS = ("id", "file_name", "width", "height")
 ANNOTATION_KEYS = ("id", "image_id", "category_id", "bbox", "segmentation")

@@ -370,7 +370,7 @@ class ShapesDataset:
         Masks are compressed RLE, boxes COCO's [x, y, width, height], `area` the number of mask pixels, annotation
         ids count from 1 (COCO's evaluator reads id 0 as "no match"), `iscrowd` 0.
         """
-        from tinymask.rle import rle_encode
+        from tinymask.evaluation.rle import rle_encode
 
         images, annotations = [], []
         for i in range(self.num_images):

@@ -1,14 +1,14 @@
-"""Element-wise non-linearities: ReLU and the logistic sigmoid.
+"""Non-linearities: ReLU, the logistic sigmoid, and the softmax over classes.
 
 ReLU follows every conv and fc layer of the backbone and heads (ResNet, FPN, Mask R-CNN Fig. 4). The sigmoid turns
 each mask logit into a per-pixel probability (Mask R-CNN §3: "a per-pixel sigmoid"); the losses use its numerically
-stable fused form with the cross-entropy (see `tinymask/losses.py`).
+stable fused form with the cross-entropy (see `tinymask/layers/losses.py`).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .._validate import check_float_array
+from tinymask._validate import check_float_array
 
 
 def relu_forward(x):
@@ -41,3 +41,13 @@ def sigmoid_backward(dout, cache):
     """dx = dout · σ(x) · (1 − σ(x))."""
     out = cache
     return dout * out * (1.0 - out)
+
+
+def softmax(logits, axis: int = 1):
+    """exp(z) / Σ exp(z) along `axis` (the classes), computed as exp(z − max z) so that nothing overflows.
+
+    Used at inference (class scores, softmax masks); the training losses use the log-softmax inside
+    `softmax_cross_entropy` instead, which stays finite where a probability rounds to 0.
+    """
+    e = np.exp(logits - logits.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)

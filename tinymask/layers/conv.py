@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validate import as_pair, check_float_array, check_same_dtype
-from ..ops import get_ops
-from .im2col import conv_output_size
+from tinymask._validate import as_pair, check_float_array, check_same_dtype
+from tinymask.ops import get_ops
+from tinymask.layers.im2col import conv_output_size
 
 
 def _check_conv_args(x, w, b, stride, padding, dilation):
@@ -112,7 +112,7 @@ def conv2d_forward(x, w, b=None, *, stride=1, padding=0, dilation=1, backend=Non
     The cache keeps the im2col matrix `cols` (N, C·kH·kW, Ho·Wo): the backward needs it for dW, and keeping it turns
     the backward into two matrix products at the price of holding kH·kW copies of the input until then.
     backend: where im2col, col2im and the matrix products run ("numpy", "numba", "cuda"; default the selected one,
-    tinymask/backend.py); the NumPy versions are `im2col.py`'s. The backward runs on the forward's backend.
+    tinymask/ops/backend.py); the NumPy versions are `im2col.py`'s. The backward runs on the forward's backend.
     On a backend with `IMPLICIT_GEMM_CONV` (CUDA) the product and the gather are one kernel that never stores `cols`
     (an implicit GEMM, tinymask/ops/cuda_ops.py); the cache keeps the padded input instead, and the backward is two
     more implicit GEMMs. The maths is the same.

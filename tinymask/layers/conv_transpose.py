@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validate import as_pair, check_float_array, check_same_dtype
-from ..ops import get_ops
+from tinymask._validate import as_pair, check_float_array, check_same_dtype
+from tinymask.ops import get_ops
 
 
 def _check_args(x, w, b, stride, padding, output_padding, dilation):
@@ -113,7 +113,7 @@ def conv_transpose2d_forward(x, w, b=None, *, stride=1, padding=0, output_paddin
 
     Returns out (N, C_out, Ho, Wo) and a cache that keeps `x` (the backward's dW needs it; it is small, the input of
     an upsampling layer). backend: where col2im, im2col and the matrix products run (default the selected one,
-    tinymask/backend.py); the backward runs on the forward's backend.
+    tinymask/ops/backend.py); the backward runs on the forward's backend.
     """
     stride, padding, output_padding, dilation, (Ho, Wo) = _check_args(x, w, b, stride, padding, output_padding, dilation)
     N, C, H, W = x.shape

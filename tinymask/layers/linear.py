@@ -11,7 +11,7 @@ Backward: dx = dout @ w, dw = doutᵀ @ x, db = Σ_n dout. The cache keeps `x` (
 from __future__ import annotations
 
 
-from .._validate import check_float_array, check_same_dtype
+from tinymask._validate import check_float_array, check_same_dtype
 
 
 def linear_forward(x, w, b=None):

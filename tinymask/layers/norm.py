@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validate import check_float_array, check_same_dtype
+from tinymask._validate import check_float_array, check_same_dtype
 
 
 def _check_channel_param(p, name, C):

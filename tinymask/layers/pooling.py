@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validate import as_pair, check_float_array
-from .im2col import conv_output_size
+from tinymask._validate import as_pair, check_float_array
+from tinymask.layers.im2col import conv_output_size
 
 
 def max_pool2d_forward(x, *, kernel_size, stride=None, padding=0):

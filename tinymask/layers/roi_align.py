@@ -61,7 +61,7 @@ features: the avg backward does not need them, and the max backward needs only w
 matrices would be cheap too; keeping them means the backward is two matrix products per RoI and nothing else.
 
 **Backends.** `roi_align_forward_numpy` / `roi_align_backward_numpy` at the end of this file are the code described
-above; the public pair validates its inputs and hands them to the selected backend (tinymask/backend.py). The compiled
+above; the public pair validates its inputs and hands them to the selected backend (tinymask/ops/backend.py). The compiled
 kernels use the same scalar helpers: Numba computes the same `A_y F A_xᵀ` with the feature map channels last
 (tinymask/ops/numba_ops.py), CUDA samples point by point (tinymask/ops/cuda_ops.py), and both keep only each bin's
 winning sample for the max backward and recompute the geometry (docs/performance.md).
@@ -76,8 +76,8 @@ import math
 
 import numpy as np
 
-from .._validate import as_pair, check_float_array
-from ..ops import get_ops
+from tinymask._validate import as_pair, check_float_array
+from tinymask.ops import get_ops
 
 MODES = ("avg", "max")
 OUTSIDE = ("zero", "edge")
@@ -228,7 +228,7 @@ def roi_align_forward(
     per bin along each axis, or `<= 0` for adaptive `ceil(roi_size / output_size)`. aligned: subtract half a cell
     after scaling (see the module docstring). mode: "avg" (paper, torchvision) or "max". outside: what a sample more
     than one cell outside the map reads, "zero" (torchvision's kernels) or "edge" (torchvision's pure-Python path).
-    backend: "numpy" (the code below), "numba" or "cuda" (default: the selected one, tinymask/backend.py).
+    backend: "numpy" (the code below), "numba" or "cuda" (default: the selected one, tinymask/ops/backend.py).
     """
     rois, batch, (oh, ow) = check_roi_inputs(features, rois, output_size, spatial_scale)
     _check_mode(mode)

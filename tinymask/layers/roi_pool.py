@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ops import get_ops
-from .roi_align import check_roi_inputs
+from tinymask.ops import get_ops
+from tinymask.layers.roi_align import check_roi_inputs
 
 
 def round_half_away(v):
@@ -51,7 +51,7 @@ def roi_pool_forward(features, rois, *, output_size, spatial_scale, backend=None
     """RoIPool: features (N, C, H, W), rois (K, 5) `[batch_index, x0, y0, x1, y1]` -> out (K, C, oh, ow), cache.
 
     output_size: int or (oh, ow). spatial_scale: feature cells per image pixel (1 / stride). backend: "numpy" (the
-    code below), "numba" or "cuda" (default: the selected one, tinymask/backend.py).
+    code below), "numba" or "cuda" (default: the selected one, tinymask/ops/backend.py).
     """
     rois, batch, (oh, ow) = check_roi_inputs(features, rois, output_size, spatial_scale)
     ops = get_ops(backend)  # roi_pool_forward_numpy below, or a compiled kernel (tinymask/ops/)

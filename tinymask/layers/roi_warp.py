@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .roi_align import check_roi_inputs, roi_align_backward, roi_align_forward
-from .roi_pool import round_half_away
+from tinymask.layers.roi_align import check_roi_inputs, roi_align_backward, roi_align_forward
+from tinymask.layers.roi_pool import round_half_away
 
 
 def quantize_rois(rois, spatial_scale):

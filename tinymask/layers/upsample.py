@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validate import as_pair, check_float_array
+from tinymask._validate import as_pair, check_float_array
 
 
 def nearest_indices(size_in: int, size_out: int) -> np.ndarray:

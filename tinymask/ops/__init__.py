@@ -20,8 +20,8 @@ signatures (shapes in the layer files' docstrings):
                        aligned, mode, zero_outside) -> dfeatures
     roi_pool_forward(features, rois, batch, output_size, spatial_scale) -> (out, argmax)   tinymask/layers/roi_pool.py
     roi_pool_backward(dout, argmax, batch, features_shape) -> dfeatures
-    paste_masks(padded, int_boxes, image_hw) -> (N, H, W)                            tinymask/mask_paste.py
-    nms(boxes, scores, iou_threshold) -> keep                                        tinymask/nms.py
+    paste_masks(padded, int_boxes, image_hw) -> (N, H, W)                            tinymask/box_logic/mask_paste.py
+    nms(boxes, scores, iou_threshold) -> keep                                        tinymask/box_logic/nms.py
 
 `IMPLICIT_GEMM_CONV` says how `conv2d_forward` runs on a backend: False (CPU), im2col + `matmul`, keeping `cols` for
 the backward; True (CUDA), `conv2d_implicit_gemm`, keeping the padded input, and `conv2d_implicit_gemm_backward`.
@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import importlib
 
-from ..backend import resolve_backend
+from tinymask.ops.backend import resolve_backend
 
 KERNELS = (
     "im2col", "col2im", "matmul", "conv2d_implicit_gemm",
@@ -47,5 +47,5 @@ KERNELS = (
 
 
 def get_ops(backend: str | None = None):
-    """The kernel module of `backend` (default: the selected one, see tinymask/backend.py)."""
+    """The kernel module of `backend` (default: the selected one, see tinymask/ops/backend.py)."""
     return importlib.import_module(f"tinymask.ops.{resolve_backend(backend)}_ops")

@@ -43,8 +43,8 @@ import math
 import numpy as np
 from numba import cuda, float32, float64, uint64
 
-from ..layers.roi_align import linear_interp_1d, roi_bins_1d, sample_coords
-from ..layers.roi_pool import round_half_away
+from tinymask.layers.roi_align import linear_interp_1d, roi_bins_1d, sample_coords
+from tinymask.layers.roi_pool import round_half_away
 
 NAME = "cuda"
 IMPLICIT_GEMM_CONV = True  # conv2d_forward runs conv2d_implicit_gemm and keeps x_pad, not cols

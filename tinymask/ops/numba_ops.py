@@ -43,9 +43,9 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ..interpolate import linear_weights
-from ..layers.roi_align import linear_interp_1d, roi_bins_1d, sample_coords
-from ..layers.roi_pool import round_half_away
+from tinymask.box_logic.bilinear import linear_weights
+from tinymask.layers.roi_align import linear_interp_1d, roi_bins_1d, sample_coords
+from tinymask.layers.roi_pool import round_half_away
 
 NAME = "numba"
 IMPLICIT_GEMM_CONV = False  # conv2d_forward builds cols with im2col and keeps it for the backward

@@ -1,6 +1,6 @@
-"""Reading and writing weights without PyTorch: `torch.save` files, `.npz` files, old key spellings, shape checks.
+"""Reading `torch.save` files without PyTorch: a zip of raw storages and a pickle, read by a restricted unpickler.
 
-*Code:* `tinymask/weights.py` · *Test:* `tests/test_weights.py`
+*Code:* `tinymask/weights/torch_format.py` · *Test:* `tests/test_weights.py`
 
 tinymask keeps a model's parameters in one flat `dict[str, np.ndarray]` whose keys are torchvision's
 `maskrcnn_resnet50_fpn` state-dict names (`backbone.body.conv1.weight`, ...). This module reads torchvision's
@@ -62,47 +62,25 @@ Choices made here
   "args": argparse.Namespace(...)}`. When exactly one entry is a state dict it is returned; otherwise `key=` picks
   one. To open such files, `argparse.Namespace` and `collections.Counter` (in `MultiStepLR`'s state) are on the
   allowlist too, as inert stand-ins that run no code.
-- Old key spellings (older torchvision, and its pretrained COCO file) are renamed by `upgrade_legacy_keys`.
-- `.npz` files are read with `allow_pickle=False` (they hold arrays and one JSON string, never code) and written
-  atomically: into a temporary file beside the target, flushed and fsync'ed, then renamed over it with `os.replace`,
-  which either happens entirely or not at all, so a crash never leaves a half-written file where a good one was.
+- Old key spellings (older torchvision, and its pretrained COCO file) are renamed by `upgrade_legacy_keys`
+  (`tinymask/weights/files.py`).
+- tinymask's own `.npz` files are read and written by `tinymask/weights/npz.py`.
 """
 from __future__ import annotations
 
 import _compat_pickle  # the Python 2 -> 3 name table pickle itself uses
 import collections
-import contextlib
 import functools
 import io
-import json
 import operator
-import os
 import pickle
-import re
 import struct
-import tempfile
 import zipfile
 from collections.abc import Mapping
-
 import numpy as np
 
-TORCH_EXTENSIONS = (".pth", ".pt")
-NPZ_EXTENSIONS = (".npz",)
-#: The reserved `.npz` entry holding the metadata dict as a JSON string.
-METADATA_KEY = "__tinymask_metadata__"
-
-
-class WeightsFileError(ValueError):
-    """A weights file that cannot be read: corrupt, truncated, or in a format this module does not know."""
-
-
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle asked for a global outside the allowlist; nothing in it was run."""
-
-
-class ParamsMismatchError(ValueError):
-    """Parameter names or shapes differ from what a model expects."""
-
+from tinymask.weights.errors import existing_file, UnsafePickleError, WeightsFileError
+from tinymask.weights.keys import upgrade_legacy_keys
 
 # ---------------------------------------------------------------------------------------------------------------
 # The allowlist: what each permitted global of a torch pickle becomes here.
@@ -371,7 +349,7 @@ def load_torch_state_dict(path, *, key: str | None = None, keep_num_batches_trac
     Raises FileNotFoundError, UnsafePickleError (a global outside the allowlist; nothing was run) or
     WeightsFileError (corrupt or unsupported file); each message names the file.
     """
-    path = _existing_file(path)
+    path = existing_file(path)
     select = functools.partial(_select_state_dict, source=path, key=key,
                                keep_num_batches_tracked=keep_num_batches_tracked)
     try:
@@ -392,193 +370,3 @@ def load_torch_state_dict(path, *, key: str | None = None, keep_num_batches_trac
 def _is_tar(path: str) -> bool:
     with open(path, "rb") as f:
         return f.read(262)[257:262] == b"ustar"
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Old key spellings.
-# ---------------------------------------------------------------------------------------------------------------
-
-#: (pattern, new name) for the three renames torchvision itself makes in `_load_from_state_dict` when a checkpoint's
-#: module version is missing or < 2 (its pretrained `maskrcnn_resnet50_fpn` COCO file is such a checkpoint):
-#: - `torchvision/ops/feature_pyramid_network.py`, `FeaturePyramidNetwork`: each inner/layer block became a
-#:   `Conv2dNormActivation` (a Sequential with the conv at index 0): `{block}.{i}.{w}` -> `{block}.{i}.0.{w}`;
-#: - `torchvision/models/detection/rpn.py`, `RPNHead`: the conv became a Sequential of `conv_depth` such blocks:
-#:   `conv.{w}` -> `conv.0.0.{w}`;
-#: - `torchvision/models/detection/mask_rcnn.py`, `MaskRCNNHeads`: the named convs `mask_fcn1..4` became numbered
-#:   blocks: `mask_fcn{i+1}.{w}` -> `{i}.0.{w}`.
-#: torchvision decides by the version saved with the module; here the spelling decides, since an old name can never
-#: be a current one. Any prefix before the module (e.g. "module." from DistributedDataParallel) is kept as it is.
-_LEGACY_KEY_RULES = (
-    (re.compile(r"^((?:.*\.)?fpn\.(?:inner|layer)_blocks\.\d+)\.(weight|bias)$"), lambda m: f"{m[1]}.0.{m[2]}"),
-    (re.compile(r"^((?:.*\.)?rpn\.head\.conv)\.(weight|bias)$"), lambda m: f"{m[1]}.0.0.{m[2]}"),
-    (re.compile(r"^((?:.*\.)?roi_heads\.mask_head\.)mask_fcn([1-9]\d*)\.(weight|bias)$"),
-     lambda m: f"{m[1]}{int(m[2]) - 1}.0.{m[3]}"),
-)
-
-
-def upgrade_key(name: str) -> str:
-    """The current torchvision spelling of a parameter name (the name itself if it is not an old spelling)."""
-    for pattern, new in _LEGACY_KEY_RULES:
-        m = pattern.match(name)
-        if m:
-            return new(m)
-    return name
-
-
-def upgrade_legacy_keys(state_dict: Mapping) -> dict:
-    """A new dict, in the same order, with old torchvision key spellings renamed (see `_LEGACY_KEY_RULES`).
-
-    Values are the same objects. Raises ValueError if an old name and its current name are both present.
-    """
-    out = {}
-    for name, value in state_dict.items():
-        new = upgrade_key(name)
-        if new in out or (new != name and new in state_dict):
-            raise ValueError(f"both {name!r} and its current spelling {new!r} are present; cannot tell which to keep")
-        out[new] = value
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# tinymask's own format: .npz (a zip of .npy files) plus a JSON metadata entry.
-# ---------------------------------------------------------------------------------------------------------------
-
-def _check_npz_params(params: Mapping) -> dict[str, np.ndarray]:
-    if not isinstance(params, Mapping):
-        raise TypeError(f"params must be a dict of name -> array, got {type(params).__name__}")
-    for name, value in params.items():
-        if not isinstance(name, str) or not name or name == METADATA_KEY:
-            raise ValueError(f"parameter name {name!r} is not allowed (empty, not a string, or the reserved "
-                             f"{METADATA_KEY!r})")
-        if not isinstance(value, np.ndarray) or value.dtype.hasobject:
-            raise TypeError(f"params[{name!r}] must be a NumPy array of numbers, got "
-                            f"{getattr(value, 'dtype', type(value).__name__)}")
-    return dict(params)
-
-
-def _write_npz(f, arrays: dict) -> None:
-    """What `np.savez` writes: one uncompressed `<name>.npy` member per array."""
-    with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for name, array in arrays.items():
-            with zf.open(name + ".npy", "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, array, allow_pickle=False)
-
-
-def _atomic_write(path, write) -> None:
-    """Call `write(file)` on a temporary file beside `path`, fsync it, then rename it over `path` in one step."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())  # the bytes are on disk before the rename makes them visible
-        os.chmod(tmp, os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644)  # mkstemp made it 0600
-        os.replace(tmp, path)  # atomic: readers see the old file or the new one, never a mixture
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable (POSIX; not possible everywhere)
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-def save_npz(path, params: Mapping, metadata: dict | None = None) -> None:
-    """Write `params` ({name: array}) and a JSON-serialisable `metadata` dict to `path` as an .npz, atomically.
-
-    Dtypes are kept as they are. The metadata is stored as a JSON string under the reserved key `METADATA_KEY`.
-    Bad names, object arrays and unserialisable metadata are refused before anything is written.
-    """
-    arrays = _check_npz_params(params)
-    if metadata is not None and not isinstance(metadata, dict):
-        raise TypeError(f"metadata must be a dict or None, got {type(metadata).__name__}")
-    arrays[METADATA_KEY] = np.array(json.dumps(metadata or {}))  # a 0-d unicode array: no pickle needed
-    _atomic_write(path, lambda f: _write_npz(f, arrays))
-
-
-def load_npz(path) -> tuple[dict[str, np.ndarray], dict]:
-    """Read an .npz written by `save_npz` (or `np.savez`) without unpickling anything: (params, metadata).
-
-    metadata is {} when the file has none. Raises FileNotFoundError or WeightsFileError (naming the file).
-    """
-    path = _existing_file(path)
-    try:
-        data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise WeightsFileError(f"{path} holds a single array (.npy), not an .npz archive of named arrays")
-        with data:
-            params = {name: data[name] for name in data.files if name != METADATA_KEY}
-            metadata = json.loads(str(data[METADATA_KEY][()])) if METADATA_KEY in data.files else {}
-    except WeightsFileError:
-        raise
-    except Exception as e:
-        raise WeightsFileError(f"{path} is not a readable .npz file: {type(e).__name__}: {e}") from e
-    if not isinstance(metadata, dict):
-        raise WeightsFileError(f"{path}: metadata is not a JSON object")
-    return params, metadata
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# One entry point, and a check against a model's expected shapes.
-# ---------------------------------------------------------------------------------------------------------------
-
-def _existing_file(path) -> str:
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"weights file not found: {path}")
-    if not os.path.isfile(path):
-        raise WeightsFileError(f"{path} is not a file")
-    return path
-
-
-def load_weights(path) -> dict[str, np.ndarray]:
-    """Parameters from a `.pth`/`.pt` (torch.save) or `.npz` (save_npz) file, chosen by the file's extension.
-
-    For the options (a checkpoint's key, `num_batches_tracked`) or an .npz's metadata, call
-    `load_torch_state_dict` or `load_npz` directly.
-    """
-    path = _existing_file(path)
-    ext = os.path.splitext(path)[1].lower()
-    if ext in TORCH_EXTENSIONS:
-        return load_torch_state_dict(path)
-    if ext in NPZ_EXTENSIONS:
-        return load_npz(path)[0]
-    raise ValueError(f"cannot tell the format of {path} from its extension {ext!r}: "
-                     f"expected one of {', '.join(TORCH_EXTENSIONS + NPZ_EXTENSIONS)}")
-
-
-def _listing(items: list[str], show: int) -> str:
-    more = f", ... and {len(items) - show} more" if len(items) > show else ""
-    return ", ".join(items[:show]) + more
-
-
-def check_params_match(params: Mapping, expected, *, show: int = 5) -> None:
-    """Raise ParamsMismatchError listing missing names, unexpected names and wrong shapes, all in one message.
-
-    params:    {name: array}.
-    expected:  {name: shape}, or (name, shape) pairs such as the entries of a state-dict key list.
-    show:      how many of each kind to name (the counts are always complete).
-    """
-    pairs = expected.items() if isinstance(expected, Mapping) else expected
-    expected = {name: tuple(int(n) for n in shape) for name, shape in pairs}
-    missing = [k for k in expected if k not in params]
-    unexpected = [k for k in params if k not in expected]
-    wrong = [f"{k} is {tuple(np.shape(params[k]))}, expected {expected[k]}" for k in expected
-             if k in params and tuple(np.shape(params[k])) != expected[k]]
-    if not (missing or unexpected or wrong):
-        return
-    lines = [f"parameters do not match the model: {len(missing)} missing, {len(unexpected)} unexpected, "
-             f"{len(wrong)} with the wrong shape"]
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-        if items:
-            lines.append(f"  {label} ({len(items)}): {_listing(items, show)}")
-    if any(upgrade_key(k) != k for k in unexpected):
-        lines.append("  hint: some names are old torchvision spellings; upgrade them with upgrade_legacy_keys()")
-    if any(k.endswith("num_batches_tracked") for k in missing):
-        lines.append("  hint: load_torch_state_dict drops num_batches_tracked unless keep_num_batches_tracked=True")
-    raise ParamsMismatchError("\n".join(lines))

@@ -12,7 +12,7 @@ Forward (`preprocess`):
 Ground-truth boxes scale with the image; masks are resized with nearest-neighbour sampling.
 
 Backward (`postprocess`): boxes scale back by original / resized per axis; each 28×28 soft mask is pasted into the
-original image (`tinymask.mask_paste`) and binarised at 0.5.
+original image (`tinymask.box_logic.mask_paste`) and binarised at 0.5.
 
 Images enter as (3, H, W) float arrays in [0, 1] (RGB), the format of `tinymask.data`.
 """
@@ -22,10 +22,10 @@ import math
 
 import numpy as np
 
-from ._validate import check_finite
-from .interpolate import bilinear_resize
-from .layers.upsample import nearest_indices
-from .mask_paste import binarize, paste_masks_in_image
+from tinymask._validate import check_finite
+from tinymask.box_logic.bilinear import bilinear_resize
+from tinymask.layers.upsample import nearest_indices
+from tinymask.box_logic.mask_paste import binarize, paste_masks_in_image
 
 
 def check_image(image, name: str = "image") -> None:
@@ -125,3 +125,49 @@ def postprocess(detections, image_sizes, original_sizes, mask_threshold: float |
             det["masks"] = soft if mask_threshold is None else binarize(soft, mask_threshold).astype(np.uint8)
         results.append(det)
     return results
+
+
+def check_targets(images, targets, num_classes: int) -> None:
+    """Each image (3, H, W) float, finite; each target {"boxes" (G, 4), "labels" (G,), "masks" (G, H, W)} consistent.
+
+    Boxes must have positive width and height and lie inside the image (a tolerance of 0.01 pixel); labels must lie
+    in 1..num_classes−1 (0 is the background); an image with G = 0 is valid (it teaches the background).
+    """
+    if len(images) != len(targets):
+        raise ValueError(f"got {len(images)} images but {len(targets)} targets")
+    if len(images) == 0:
+        raise ValueError("got an empty batch: no images")
+    for i, (image, t) in enumerate(zip(images, targets)):
+        check_image(image, f"images[{i}]")
+        H, W = image.shape[1:]
+        for key in ("boxes", "labels", "masks"):
+            if key not in t:
+                raise ValueError(f"targets[{i}] has no {key!r} (it needs 'boxes', 'labels' and 'masks')")
+        boxes, labels, masks = (np.asarray(t[k]) for k in ("boxes", "labels", "masks"))
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise ValueError(f"targets[{i}]['boxes'] must have shape (G, 4), got {boxes.shape}")
+        if not np.issubdtype(boxes.dtype, np.floating):
+            raise TypeError(f"targets[{i}]['boxes'] must be float (x0, y0, x1, y1), got dtype {boxes.dtype}")
+        G = boxes.shape[0]
+        if labels.shape != (G,) or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"targets[{i}]['labels'] must be {G} integers (one per box), got {labels.dtype} "
+                             f"shape {labels.shape}")
+        if masks.shape != (G, H, W):
+            raise ValueError(f"targets[{i}]['masks'] must have shape (G, H, W) = {(G, H, W)} (one mask per box, the "
+                             f"image's size), got {masks.shape}")
+        if not np.all(np.isfinite(boxes)):
+            raise ValueError(f"targets[{i}]['boxes'] contains NaN or infinity")
+        if G and (labels.min() < 1 or labels.max() >= num_classes):
+            raise ValueError(f"targets[{i}]['labels'] must lie in 1..{num_classes - 1} (0 is the background), got "
+                             f"{labels.min()}..{labels.max()}")
+        w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        bad = np.flatnonzero((w <= 0) | (h <= 0))
+        if bad.size:
+            raise ValueError(f"targets[{i}] box {bad[0]} is degenerate (zero or negative width or height): "
+                             f"{boxes[bad[0]].tolist()}")
+        tol = 1e-2
+        outside = np.flatnonzero((boxes[:, 0] < -tol) | (boxes[:, 1] < -tol) | (boxes[:, 2] > W + tol)
+                                 | (boxes[:, 3] > H + tol))
+        if outside.size:
+            raise ValueError(f"targets[{i}] box {outside[0]} {boxes[outside[0]].tolist()} lies outside the image "
+                             f"(width {W}, height {H})")

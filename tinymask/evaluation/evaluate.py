@@ -2,7 +2,7 @@
 
 *Paper:* He et al., *Mask R-CNN*, ICCV 2017, §4: results are "COCO metrics including AP (averaged over IoU
 thresholds), AP50, AP75, and APS, APM, APL", for boxes (Table 3, "AP^bb") and for masks (Tables 1-2).
-· *Code:* `tinymask/evaluate.py` (this plumbing), `tinymask/coco_eval.py` (the metric itself) ·
+· *Code:* `tinymask/evaluation/evaluate.py` (this plumbing), `tinymask/evaluation/coco_eval.py` (the metric itself) ·
 *Test:* `tests/test_evaluate.py`
 
     report = evaluate_model(params, cfg, ShapesDataset("val", 100), out_path="eval.json")
@@ -22,16 +22,13 @@ Three steps:
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 
-import numpy as np
 
-from .coco_eval import STAT_NAMES, evaluate, format_table
-from .inference import detections_to_coco_results
-from .model import predict
-from .weights import _atomic_write
+from tinymask.evaluation.coco_eval import evaluate, format_table, STAT_NAMES
+from tinymask.evaluation.predict import detections_to_coco_results
+from tinymask.model import predict
+from tinymask._files import write_json
 
 
 def coco_results(result: dict, image_id: int, label_to_category_id: dict | None = None) -> list[dict]:
@@ -104,17 +101,3 @@ def short_summary(report: dict) -> str:
             f"mask AP {m['AP']:.3f} AP50 {m['AP50']:.3f} AP75 {m['AP75']:.3f}")
 
 
-def write_json(path, data) -> None:
-    """json.dump `data` to `path` atomically (a temporary file renamed into place); creates the folder."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    text = json.dumps(data, indent=2, default=_jsonable).encode("utf-8")
-    _atomic_write(path, lambda f: f.write(text))
-
-
-def _jsonable(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

@@ -1,7 +1,7 @@
 """Paper Table 2 in miniature: train the ablation variants on synthetic shapes, print the paper's tables beside ours.
 
 *Paper:* He et al., *Mask R-CNN*, ICCV 2017, §4.2 "Ablation Experiments" and Table 2 (a)–(e), all trained on COCO
-trainval35k and reported as mask AP on minival. · *Code:* `tinymask/ablate.py` · *Command:* `tinymask ablate` ·
+trainval35k and reported as mask AP on minival. · *Code:* `tinymask/training/ablations.py` · *Command:* `tinymask ablate` ·
 *Docs:* `docs/ablations.md` · *Notebook:* `notebooks/12_ablations.ipynb` · *Test:* `tests/test_ablate.py`
 
     tinymask ablate                      # the quick setting: every table, 2 seeds (about 15 minutes on 2 cores)
@@ -32,7 +32,7 @@ six classes, more overlap) is offered with `--difficulty hard`.
 
 Every variant is trained once per seed (the seed sets the initial weights, the data order, the flips and the
 sampling) with the same recipe and data, then evaluated with COCO mask AP (0.5:0.95), AP50 and AP75 on held-out
-images (`tinymask.evaluate`). A cell is the mean over the seeds ± their standard deviation; a Δ row is the
+images (`tinymask.evaluation.evaluate`). A cell is the mean over the seeds ± their standard deviation; a Δ row is the
 difference of two rows' means ± its standard error √(s₁²/n₁ + s₂²/n₂), so a reader can tell a gap from noise
 (|Δ| below about two standard errors is not a result). AP50 saturates on shapes sooner than AP and AP75, which are
 the columns to read.
@@ -40,7 +40,7 @@ the columns to read.
 **Settings** (`SETTINGS`): `quick` trains every variant 300 iterations with 2 seeds (about 15 minutes on a 2-core
 machine, two runs at a time); `full` trains 800 iterations with 3 seeds (about an hour), the setting behind
 docs/ablations.md. Both use batch 2, lr 0.02 with 100 iterations of linear warm-up and steps at 70 % and 90 %
-(`tinymask.train`), and clip the gradient's global norm at 5, which the paper does not: without it three of the six
+(`tinymask.training.loop`), and clip the gradient's global norm at 5, which the paper does not: without it three of the six
 full-setting FPN runs failed (docs/ablations.md; `--clip-grad-norm 0` turns it off). A run whose loss becomes NaN
 is recorded as diverged and left out of its row's mean (marked *).
 
@@ -61,7 +61,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
-from .weights import _atomic_write
+from tinymask._files import atomic_write
+from tinymask._files import write_json, write_text
 
 # ---------------------------------------------------------------------------------------------------------------
 # The paper's numbers: Table 2 of Mask R-CNN (arXiv 1703.06870v3), mask AP / AP50 / AP75 on COCO minival.
@@ -142,7 +143,7 @@ VARIANTS = {
 def mini_config(backbone: str, class_names, image_size: int = 256, **overrides):
     """The paper's architectures at CPU widths (see the module docstring), for the classes of the data and square
     images of `image_size` pixels (kept at that size)."""
-    from .config import MaskRCNNConfig
+    from tinymask.config import MaskRCNNConfig
 
     d = MaskRCNNConfig.preset("small").to_dict()
     d.update(num_classes=len(class_names), class_names=list(class_names),
@@ -239,10 +240,6 @@ def variants_for(tables) -> list:
 RESULT_FILE = "result.json"
 
 
-def _write_text(path, text: str) -> None:
-    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-
 def run_dir(out_dir, variant: str, seed: int) -> str:
     return os.path.join(os.fspath(out_dir), "runs", variant, f"seed{seed}")
 
@@ -261,9 +258,9 @@ def load_result(directory, spec: dict) -> dict | None:
 def run_one(variant: str, seed: int, setting: dict, out_dir: str, backend: str | None = None) -> dict:
     """Train `variant` with `seed` under `setting` (a Setting as a dict) and return its result (also written to
     OUT/runs/<variant>/seed<seed>/result.json). Runs in a worker process when `tinymask ablate --jobs` > 1."""
-    from .backend import use_backend
-    from .data.shapes import ShapesDataset
-    from .train import WEIGHTS_FILE, Recipe, TrainingDiverged, train
+    from tinymask.ops.backend import use_backend
+    from tinymask.data.shapes import ShapesDataset
+    from tinymask.training.loop import Recipe, train, TrainingDiverged, WEIGHTS_FILE
     setting = Setting(**setting)
     spec = setting.run_spec(variant, seed)
     directory = run_dir(out_dir, variant, seed)
@@ -287,7 +284,7 @@ def run_one(variant: str, seed: int, setting: dict, out_dir: str, backend: str |
         if not resume:
             shutil.rmtree(directory)
     os.makedirs(directory, exist_ok=True)
-    _write_text(os.path.join(directory, "spec.json"), json.dumps(spec, indent=1))
+    write_json(os.path.join(directory, "spec.json"), spec, indent=1)
     start = time.perf_counter()
     try:
         with use_backend(backend or _default_backend()):
@@ -297,28 +294,28 @@ def run_one(variant: str, seed: int, setting: dict, out_dir: str, backend: str |
     except TrainingDiverged as e:  # a result too: this variant, this seed, this recipe does not train
         result = {"variant": variant, "seed": seed, "spec": spec, "segm": None, "bbox": None,
                   "diverged": str(e).split(". ")[0], "seconds": round(time.perf_counter() - start, 1)}
-        _write_text(os.path.join(directory, RESULT_FILE), json.dumps(result, indent=1))
+        write_json(os.path.join(directory, RESULT_FILE), result, indent=1)
         return result
     if summary["segm"] is None:  # resumed after its training had ended (stopped inside the final evaluation)
-        from .evaluate import evaluate_model
-        from .train import load_checkpoint
+        from tinymask.evaluation.evaluate import evaluate_model
+        from tinymask.weights.checkpoint import load_checkpoint
         params = load_checkpoint(os.path.join(directory, "last"))[0]
         report = evaluate_model(params, cfg, val_set, recipe.eval_batch_size)
         summary["segm"], summary["bbox"] = report["segm"].summary(), report["bbox"].summary()
     result = {"variant": variant, "seed": seed, "spec": spec, "segm": summary["segm"], "bbox": summary["bbox"],
               "seconds": round(summary["total_seconds"], 1)}
-    _write_text(os.path.join(directory, RESULT_FILE), json.dumps(result, indent=1))
+    write_json(os.path.join(directory, RESULT_FILE), result, indent=1)
     return result
 
 
 def _default_backend() -> str:
     """Numba when it works (its kernels make a training iteration of these models 1.5-2x faster), else NumPy."""
-    from .backend import available_backends
+    from tinymask.ops.backend import available_backends
     return "numba" if "numba" in available_backends() else "numpy"
 
 
 def _limit_threads_env(threads: int) -> dict:
-    from .cli import THREAD_VARIABLES
+    from tinymask.cli import THREAD_VARIABLES
     return {name: str(threads) for name in THREAD_VARIABLES}
 
 
@@ -528,7 +525,7 @@ def write_outputs(report: dict, out_dir) -> list:
     """ablations.json, ablations.md, ablations.png in `out_dir`; returns their paths."""
     out_dir = os.fspath(out_dir)
     paths = [os.path.join(out_dir, n) for n in ("ablations.json", "ablations.md", "ablations.png")]
-    _write_text(paths[0], json.dumps(report, indent=1))
+    write_json(paths[0], report, indent=1)
     s = report["setting"]
     md = [f"# Mask R-CNN Table 2 in miniature ({s['name']} setting)", "",
           f"`{report['command']}` — {len(s['seeds'])} seeds × {s['iterations']} iterations per variant, batch "
@@ -539,7 +536,7 @@ def write_outputs(report: dict, out_dir) -> list:
           PAPER_NOTE + ".", ""]
     for key, t in report["tables"].items():
         md += [format_table(key, t, markdown=True), ""]
-    _write_text(paths[1], "\n".join(md))
+    write_text(paths[1], "\n".join(md))
     plot_tables(report["tables"], paths[2])
     return paths
 
@@ -572,7 +569,7 @@ def plot_tables(tables: dict, path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    _atomic_write(path, lambda f: f.write(buf.getvalue()))
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
 def ablate(setting: Setting, tables, out_dir, *, jobs: int = 1, backend: str | None = None, command: str = "",

@@ -7,7 +7,7 @@ N RoIs (512 for FPN) at a positive-to-negative ratio of 1:3; the ground-truth bo
 
 The FPN box head (FPN §4.2, Mask R-CNN Fig. 4 right): 7×7 RoIAlign features → flatten → fc 1024 → ReLU → fc 1024 →
 ReLU, then the predictor: class scores (K+1) and class-specific box deltas (4 per class, decoded with weights
-(10, 10, 5, 5)). The C4 head (Fig. 4 left) lives in `tinymask/c4_head.py`.
+(10, 10, 5, 5)). The C4 head (Fig. 4 left) lives in `tinymask/heads/c4_head.py`.
 
 Inference (§3.1 "Inference"): softmax scores; every class's deltas decoded; boxes clipped to the image; background
 dropped; score > 0.05; boxes with a side below 0.01 dropped; NMS per class at 0.5; the 100 best kept.
@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .boxes import box_iou, clip_boxes, decode_boxes, encode_boxes, remove_small_boxes
-from .layers.activations import relu_backward, relu_forward
-from .layers.linear import linear_backward, linear_forward
-from .losses import smooth_l1, softmax_cross_entropy
-from .matcher import BETWEEN_THRESHOLDS, Matcher
-from .nms import batched_nms
-from .sampler import sample_balanced, sample_recorded
+from tinymask.box_logic.boxes import box_iou, clip_boxes, decode_boxes, encode_boxes, remove_small_boxes
+from tinymask.layers.activations import relu_backward, relu_forward
+from tinymask.layers.linear import linear_backward, linear_forward
+from tinymask.layers.losses import smooth_l1, softmax_cross_entropy
+from tinymask.box_logic.matcher import BETWEEN_THRESHOLDS, Matcher
+from tinymask.box_logic.nms import batched_nms
+from tinymask.box_logic.sampler import sample_balanced, sample_recorded
+from tinymask.layers.activations import softmax
 
 FC6, FC7 = "roi_heads.box_head.fc6", "roi_heads.box_head.fc7"
 CLS, BBOX = "roi_heads.box_predictor.cls_score", "roi_heads.box_predictor.bbox_pred"
@@ -51,7 +52,7 @@ def select_training_rois(proposals: list, targets: list, cfg, rng: np.random.Gen
     """Add the ground truth to the proposals, match, sample, and compute each sampled RoI's targets.
 
     `recorded` (a test hook): per image a pair (positive, negative) of indices into `[proposals; gt boxes]` drawn
-    elsewhere, used instead of drawing from `rng` (see `tinymask.sampler.sample_recorded`).
+    elsewhere, used instead of drawing from `rng` (see `tinymask.box_logic.sampler.sample_recorded`).
 
     Returns, per image, a dict: "boxes" (R, 4) sampled RoIs, "labels" (R,) int64 class (0 background),
     "matched_idxs" (R,) index of the matched ground-truth box (0 for background, unused), "regression_targets"
@@ -135,11 +136,6 @@ def box_loss(class_logits, box_regression, labels, regression_targets, cfg):
 # ---------------------------------------------------------------------------------------------------------------
 # Inference.
 # ---------------------------------------------------------------------------------------------------------------
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
 
 def postprocess_detections(class_logits, box_regression, proposals: list, image_sizes: list, cfg):
     """Scores, per-class boxes, thresholds and per-class NMS -> per image {"boxes", "scores", "labels"}, best first."""

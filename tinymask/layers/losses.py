@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validate import check_float_array
-from .layers.activations import sigmoid
+from tinymask._validate import check_float_array
+from tinymask.layers.activations import sigmoid
 
 _REDUCTIONS = ("mean", "sum")
 

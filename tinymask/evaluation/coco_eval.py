@@ -56,7 +56,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tinymask.rle import box_iou_xywh, mask_iou, segmentation_to_mask
+from tinymask.evaluation.rle import box_iou_xywh, mask_iou, segmentation_to_mask
 
 #: (T,) IoU thresholds .50:.05:.95, built as COCOeval builds them so that the floats are identical.
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1)

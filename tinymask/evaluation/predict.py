@@ -1,7 +1,7 @@
 """Using a trained model: load it, run it on image files, save pictures and COCO-format results.
 
 *Paper:* He et al., *Mask R-CNN*, ICCV 2017, §3.1 "Inference" (`tinymask.model.predict` does the work; this module
-is the plumbing around it). · *Code:* `tinymask/inference.py` · *Test:* `tests/test_inference.py`
+is the plumbing around it). · *Code:* `tinymask/evaluation/predict.py` · *Test:* `tests/test_inference.py`
 
     params, cfg = load_model(checkpoint_dir="runs/shapes")           # config.json + weights.npz
     params, cfg = load_model(config_path="r50.json", weights_path="maskrcnn_resnet50_fpn_coco.pth")
@@ -39,16 +39,15 @@ so no "+1"). The network's contiguous labels 1..K become the data set's category
 """
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 
-from .config import MaskRCNNConfig
-from .data.coco import read_image_rgb
-from .model import init_params, predict
-from .rle import rle_encode
-from .weights import NPZ_EXTENSIONS, _atomic_write, check_params_match, load_npz, load_weights
+from tinymask.data.coco import read_image_rgb
+from tinymask.model import predict
+from tinymask.evaluation.rle import rle_encode
+from tinymask._files import write_json
+from tinymask.weights.checkpoint import load_model
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.npz"
@@ -57,11 +56,6 @@ WEIGHTS_FILE = "weights.npz"
 # ---------------------------------------------------------------------------------------------------------------
 # Loading a model.
 # ---------------------------------------------------------------------------------------------------------------
-
-def expected_shapes(cfg: MaskRCNNConfig) -> dict[str, tuple[int, ...]]:
-    """{name: shape} of every parameter a model of this config has (from a throwaway `init_params`)."""
-    return {name: value.shape for name, value in init_params(cfg).items()}
-
 
 def _checkpoint_files(checkpoint_dir) -> tuple[str, str]:
     """(config path, weights path) inside a checkpoint folder; FileNotFoundError naming whatever is missing."""
@@ -74,40 +68,6 @@ def _checkpoint_files(checkpoint_dir) -> tuple[str, str]:
         raise FileNotFoundError(f"checkpoint folder {folder} lacks {', '.join(missing)} (a checkpoint holds "
                                 f"{CONFIG_FILE} and {WEIGHTS_FILE})")
     return paths
-
-
-def _read_params(weights_path: str, shapes: dict) -> dict[str, np.ndarray]:
-    """The model's parameters from a weights file: an .npz keeps only the names the model has; a .pth all of it."""
-    if os.path.splitext(weights_path)[1].lower() in NPZ_EXTENSIONS:
-        stored, _metadata = load_npz(weights_path)
-        return {name: value for name, value in stored.items() if name in shapes}  # drop optimizer state etc.
-    params = load_weights(weights_path)  # .pth: num_batches_tracked already dropped, old spellings renamed
-    return {name: value for name, value in params.items() if not name.endswith("num_batches_tracked")}
-
-
-def load_model(checkpoint_dir=None, config_path=None, weights_path=None) -> tuple[dict, MaskRCNNConfig]:
-    """Load a model: `checkpoint_dir` (holding config.json and weights.npz), or `config_path` and `weights_path`.
-
-    weights_path: a tinymask `.npz` or a torchvision `.pth` state dict (see the module docstring).
-    Returns (params, cfg), ready for `model.predict(params, cfg, images)`.
-    Raises ValueError for a wrong combination of arguments, FileNotFoundError naming a missing file, and
-    `weights.ParamsMismatchError` (listing every missing, unexpected and wrongly shaped parameter) when the weights
-    do not fit the config.
-    """
-    if checkpoint_dir is not None:
-        if config_path is not None or weights_path is not None:
-            raise ValueError("give either checkpoint_dir, or config_path and weights_path, not both")
-        config_path, weights_path = _checkpoint_files(checkpoint_dir)
-    elif config_path is None or weights_path is None:
-        raise ValueError("give checkpoint_dir, or both config_path and weights_path")
-    cfg = MaskRCNNConfig.load(config_path)
-    shapes = expected_shapes(cfg)
-    params = _read_params(os.fspath(weights_path), shapes)
-    try:
-        check_params_match(params, shapes)
-    except ValueError as e:
-        raise type(e)(f"{os.fspath(weights_path)} does not fit the model of {os.fspath(config_path)}:\n{e}") from None
-    return {name: params[name] for name in shapes}, cfg  # in init_params' order
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -188,7 +148,7 @@ def _overlay_names(image_paths: list[str]) -> list[str]:
 
 def save_overlay(image: np.ndarray, result: dict, class_names, path) -> None:
     """Draw one image's detections at (at least) 512 pixels on its long side and write the PNG atomically."""
-    from .visualize import draw_detections, save_figure  # matplotlib is imported only when drawing
+    from tinymask.visualize import draw_detections, save_figure
     from matplotlib.figure import Figure
 
     h, w = image.shape[1:]
@@ -198,12 +158,6 @@ def save_overlay(image: np.ndarray, result: dict, class_names, path) -> None:
     draw_detections(ax, image, result["boxes"], result["labels"], result["scores"], result.get("masks"),
                     class_names or None)
     save_figure(fig, path, dpi=100)
-
-
-def write_json(path, data) -> None:
-    """json.dump to `path`, atomically."""
-    text = json.dumps(data).encode("utf-8")
-    _atomic_write(path, lambda f: f.write(text))
 
 
 def run_predict(image_paths, *, checkpoint_dir=None, config_path=None, weights_path=None, out_dir,
@@ -239,5 +193,5 @@ def run_predict(image_paths, *, checkpoint_dir=None, config_path=None, weights_p
         save_overlay(image, result, cfg.class_names, os.path.join(out_dir, name))
         coco_results.extend(detections_to_coco_results(result, image_id, label_to_category_id))
         results.append(result)
-    write_json(os.path.join(out_dir, "results.json"), coco_results)
+    write_json(os.path.join(out_dir, "results.json"), coco_results, indent=None)
     return results

@@ -2,9 +2,9 @@
 
 *Paper:* He et al., *Mask R-CNN*, ICCV 2017, §3.1 "Training": the five losses are minimised jointly with SGD
 (momentum 0.9, weight decay 1e-4, a step schedule), images flipped horizontally at random. · *Code:*
-`tinymask/train.py` · *Test:* `tests/test_train.py`
+`tinymask/training/loop.py` · *Test:* `tests/test_train.py`
 
-    from tinymask.train import Recipe, train
+    from tinymask.training.loop import Recipe, train
     train(cfg, Recipe(iterations=2000), ShapesDataset("train", 1000), ShapesDataset("val", 100), "runs/shapes")
 
 ## One iteration
@@ -17,7 +17,7 @@ Iteration t (counting from 0) turns the model after t updates into the model aft
    `default_rng([seed, t, 1])`; crowd regions and empty boxes are dropped (`training_targets`).
 3. **Forward**, with the anchor and RoI sampling drawing from `default_rng([seed, t, 2])`: the five losses.
 4. **Backward**: the gradient of their sum (`train_backward`).
-5. **Update**: `SGD.step` with the learning rate `schedule(t)` (`tinymask/optim.py`).
+5. **Update**: `SGD.step` with the learning rate `schedule(t)` (`tinymask/training/optim.py`).
 
 Every random number of iteration t comes from a generator made from `(seed, t)` alone, and the data order from
 `(seed, epoch)` alone, so nothing random has to be saved: a run stopped after k iterations and resumed from its
@@ -31,12 +31,12 @@ checkpoint (parameters, momentum, k) computes exactly what the uninterrupted run
                          terms, "lr", "grad_norm", "time" and "data_time" (seconds); and one line per evaluation
                          with "box_AP", "mask_AP", ...
     out/loss_curves.png  the curves of log.jsonl, redrawn at each evaluation
-    out/eval.json        the latest evaluation (tinymask/evaluate.py)
+    out/eval.json        the latest evaluation (tinymask/evaluation/evaluate.py)
     out/last/            the latest checkpoint          } each: weights.npz, config.json and (after an
     out/best/            the checkpoint of best mask AP }       evaluation) eval.json
 
 **When.** Every `eval_every` iterations and at the end, the model is evaluated on the held-out set (COCO box and
-mask AP, `tinymask/evaluate.py`), `last/` is rewritten, and `best/` too if the mask AP is the best so far. Ctrl-C
+mask AP, `tinymask/evaluation/evaluate.py`), `last/` is rewritten, and `best/` too if the mask AP is the best so far. Ctrl-C
 writes `last/` before it stops (unless it lands inside an update, when the parameters are half-updated and the
 previous `last/` is kept), so `--resume` loses nothing.
 
@@ -104,12 +104,12 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from .config import MaskRCNNConfig
-from .data.transforms import batch_indices, epoch_order, random_horizontal_flip, training_targets
-from .evaluate import evaluate_model, report_json, short_summary, write_json
-from .model import LOSS_NAMES, init_params, is_trainable, train_backward, train_forward
-from .optim import SGD, LRSchedule
-from .weights import load_npz, save_npz
+from tinymask.config import MaskRCNNConfig
+from tinymask.data.transforms import batch_indices, epoch_order, random_horizontal_flip, training_targets
+from tinymask.evaluation.evaluate import evaluate_model, report_json, short_summary
+from tinymask.model import init_params, is_trainable, LOSS_NAMES, train_backward, train_forward
+from tinymask.training.optim import LRSchedule, SGD
+from tinymask.weights.checkpoint import load_checkpoint, save_checkpoint
 
 CONFIG_FILE, WEIGHTS_FILE, EVAL_FILE = "config.json", "weights.npz", "eval.json"
 VELOCITY_PREFIX = "optimizer.velocity."
@@ -230,69 +230,6 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def save_checkpoint(directory, params: dict, cfg: MaskRCNNConfig, metadata: dict, optimizer_state: dict | None = None,
-                    eval_report: dict | None = None) -> None:
-    """Write a checkpoint folder atomically (see "Writing it atomically" in the module docstring).
-
-    directory:       e.g. "runs/shapes/last"; its parent must exist.
-    params:          {name: array}.
-    metadata:        a JSON-serialisable dict (iteration, recipe, ...), stored inside weights.npz.
-    optimizer_state: {name: velocity}, stored as `optimizer.velocity.<name>`.
-    eval_report:     a dict written as eval.json beside the weights.
-    """
-    directory = os.path.abspath(os.fspath(directory))
-    parent, name = os.path.split(directory)
-    new, old = os.path.join(parent, f".{name}.new"), os.path.join(parent, f".{name}.old")
-    shutil.rmtree(new, ignore_errors=True)  # left over from a crash: incomplete by definition
-    arrays = dict(params)
-    arrays.update({VELOCITY_PREFIX + k: v for k, v in (optimizer_state or {}).items()})
-    try:
-        os.makedirs(new)
-        save_npz(os.path.join(new, WEIGHTS_FILE), arrays, metadata)  # fsynced
-        cfg.save(os.path.join(new, CONFIG_FILE))  # fsynced
-        os.chmod(os.path.join(new, CONFIG_FILE), 0o644)  # mkstemp creates it readable by its owner only
-        if eval_report is not None:
-            write_json(os.path.join(new, EVAL_FILE), eval_report)  # fsynced
-        _fsync_dir(new)
-    except BaseException:
-        shutil.rmtree(new, ignore_errors=True)
-        raise
-    if os.path.isdir(directory):
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(directory, old)  # from here until the next rename, `old` is the complete previous checkpoint
-    os.rename(new, directory)
-    _fsync_dir(parent)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def resolve_checkpoint(directory) -> str:
-    """The folder to read: `directory`, or its `.name.old` twin when a crash came between the two renames."""
-    directory = os.path.abspath(os.fspath(directory))
-    if os.path.isfile(os.path.join(directory, WEIGHTS_FILE)):
-        return directory
-    parent, name = os.path.split(directory)
-    old = os.path.join(parent, f".{name}.old")
-    if os.path.isfile(os.path.join(old, WEIGHTS_FILE)):
-        return old
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"checkpoint folder not found: {directory}")
-    raise FileNotFoundError(f"{directory} holds no {WEIGHTS_FILE}: not a checkpoint")
-
-
-def load_checkpoint(directory) -> tuple[dict, MaskRCNNConfig, dict, dict]:
-    """Read a checkpoint folder: (params, cfg, metadata, optimizer_state). Raises FileNotFoundError naming what is
-    missing; the arrays are read without unpickling."""
-    directory = resolve_checkpoint(directory)
-    config_path = os.path.join(directory, CONFIG_FILE)
-    if not os.path.isfile(config_path):
-        raise FileNotFoundError(f"{directory} holds no {CONFIG_FILE}: not a checkpoint")
-    cfg = MaskRCNNConfig.load(config_path)
-    arrays, metadata = load_npz(os.path.join(directory, WEIGHTS_FILE))
-    params = {k: v for k, v in arrays.items() if not k.startswith(VELOCITY_PREFIX)}
-    velocity = {k[len(VELOCITY_PREFIX):]: v for k, v in arrays.items() if k.startswith(VELOCITY_PREFIX)}
-    return params, cfg, metadata, velocity
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Progress on stderr, and the loss plot.
 # ---------------------------------------------------------------------------------------------------------------
@@ -367,7 +304,7 @@ class ProgressBar:
 def plot_losses(log_path, png_path) -> None:
     """Draw the loss curves of a log.jsonl into a PNG (`visualize.plot_loss_curves` when it is available)."""
     try:
-        from .visualize import plot_loss_curves
+        from tinymask.visualize import plot_loss_curves
     except ImportError:
         plot_loss_curves = None
     if plot_loss_curves is not None:

@@ -5,7 +5,7 @@ Paper: Mask R-CNN §3 "Network Architecture" and Fig. 4 (left), following the Re
 RoI head. Here each RoI's 14×14 features go through res5 with its stride 2 (so 7×7×2048), as in ResNet App. A and
 Detectron; Fig. 4's caption describes a variant that pools 7×7 RoIs and runs res5 at stride 1 — the output size is
 the same. The features are average-pooled and fed to the classifier and box regressor; the mask branch
-deconvolves the same res5 output to 14×14 masks (`tinymask.mask_head` with no convs).
+deconvolves the same res5 output to 14×14 masks (`tinymask.heads.mask_head` with no convs).
 
 Stage 5's parameters keep the backbone's names, `backbone.body.layer4.*`, since it is the same stage of the same
 ResNet, moved after the RoI pooling.
@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backbone import resnet_stage_backward, resnet_stage_forward
-from .layers.linear import linear_backward, linear_forward
-from .layers.pooling import global_avg_pool_backward, global_avg_pool_forward
-from .roi_heads import BBOX, CLS
+from tinymask.backbone.resnet import resnet_stage_backward, resnet_stage_forward
+from tinymask.layers.linear import linear_backward, linear_forward
+from tinymask.layers.pooling import global_avg_pool_backward, global_avg_pool_forward
+from tinymask.heads.box_head import BBOX, CLS
 
 STAGE5 = "backbone.body.layer4."
 

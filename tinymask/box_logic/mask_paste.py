@@ -21,8 +21,8 @@ from __future__ import annotations
 import numpy as np
 
 from tinymask._validate import check_finite, check_float_array, check_same_dtype
-from tinymask.boxes import _check_hw, check_boxes
-from tinymask.interpolate import bilinear_resize
+from tinymask.box_logic.boxes import _check_hw, check_boxes
+from tinymask.box_logic.bilinear import bilinear_resize
 from tinymask.ops import get_ops
 
 
@@ -44,7 +44,7 @@ def paste_masks_in_image(masks: np.ndarray, boxes: np.ndarray, image_hw, padding
     image_hw: (H, W) of the target image.
     padding:  zero pixels added around each mask before resizing (torchvision: 1).
     backend:  "numpy" (`paste_masks_numpy` below), "numba" or "cuda" for steps 4-5 (default: the selected one,
-              tinymask/backend.py).
+              tinymask/ops/backend.py).
 
     Returns (N, H, W) soft masks in the dtype of `masks`, zero outside each pasted box. N = 0 gives (0, H, W).
     Unlike torchvision (which fails there), a box entirely outside the image gives an all-zero mask.

@@ -3,7 +3,7 @@
 *Paper:* He et al., *Mask R-CNN*, ICCV 2017, §3.1 "Training": "We train on 8 GPUs (so effective minibatch size is
 16) for 160k iterations, with a learning rate of 0.02 which is decreased by 10 at the 120k iteration. We use a weight
 decay of 0.0001 and momentum of 0.9." The linear warm-up comes from Goyal et al., *Accurate, Large Minibatch SGD*
-(2017, §2.2), which Detectron and detectron2 use for every Mask R-CNN recipe. · *Code:* `tinymask/optim.py` ·
+(2017, §2.2), which Detectron and detectron2 use for every Mask R-CNN recipe. · *Code:* `tinymask/training/optim.py` ·
 *Test:* `tests/test_optim.py`
 
 ## One step
@@ -30,7 +30,7 @@ and affine, §3.1) get no gradient from `train_backward` and are never touched.
 **Gradient clipping (optional).** With `clip_grad_norm = c`, the gradients (before weight decay) are scaled by
 `min(1, c / ||g||)`, where `||g||` is the global norm over all trainable parameters together, as
 `torch.nn.utils.clip_grad_norm_` does. Clipping keeps one bad batch from throwing the weights far away; Mask R-CNN
-itself does not clip, so `SGD` does not by default, but tinymask's training recipe does (`tinymask.train.Recipe`,
+itself does not clip, so `SGD` does not by default, but tinymask's training recipe does (`tinymask.training.loop.Recipe`,
 c = 10; its docstring says why). The returned `clip_scale` is logged, so a run shows how often it acted.
 
 ## The schedule: linear warm-up, then steps

@@ -17,19 +17,20 @@ level; keep the `post_nms_top_n` best of the image. Proposals are constants for 
 them ("approximate joint training", Faster R-CNN §3.2).
 
 Outputs are flattened in anchor order — level by level, cell by cell (row-major), then the A anchors of the cell —
-which is the order of `tinymask.anchors.anchors_for_image`.
+which is the order of `tinymask.box_logic.anchors.anchors_for_image`.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .boxes import box_iou, clip_boxes, decode_boxes, encode_boxes, remove_small_boxes
-from .layers.activations import relu_backward, relu_forward, sigmoid
-from .layers.conv import conv2d_backward, conv2d_forward
-from .losses import binary_cross_entropy_with_logits, smooth_l1
-from .matcher import BETWEEN_THRESHOLDS, Matcher
-from .nms import batched_nms
-from .sampler import sample_balanced, sample_recorded
+from tinymask.box_logic.boxes import box_iou, clip_boxes, decode_boxes, encode_boxes, remove_small_boxes
+from tinymask.layers.activations import relu_backward, relu_forward, sigmoid
+from tinymask.layers.conv import conv2d_backward, conv2d_forward
+from tinymask.layers.losses import binary_cross_entropy_with_logits, smooth_l1
+from tinymask.box_logic.matcher import BETWEEN_THRESHOLDS, Matcher
+from tinymask.box_logic.nms import batched_nms
+from tinymask.box_logic.sampler import sample_balanced, sample_recorded
+from tinymask.layers.named import accumulate_grads
 
 PREFIX = "rpn.head"
 CONV, CLS, BBOX = f"{PREFIX}.conv.0.0", f"{PREFIX}.cls_logits", f"{PREFIX}.bbox_pred"
@@ -68,20 +69,14 @@ def rpn_head_backward(dobjectness: list, ddeltas: list, caches: list):
     grads = {}
     dfeatures = []
 
-    def accumulate(name, g):
-        grads[name] = grads[name] + g if name in grads else g
-
     for do, dd, (c_conv, c_relu, c_cls, c_box) in zip(dobjectness, ddeltas, caches):
         dt1, dw, db = conv2d_backward(do, c_cls)
-        accumulate(f"{CLS}.weight", dw)
-        accumulate(f"{CLS}.bias", db)
+        accumulate_grads(grads, {f"{CLS}.weight": dw, f"{CLS}.bias": db})
         dt2, dw, db = conv2d_backward(dd, c_box)
-        accumulate(f"{BBOX}.weight", dw)
-        accumulate(f"{BBOX}.bias", db)
+        accumulate_grads(grads, {f"{BBOX}.weight": dw, f"{BBOX}.bias": db})
         dt = relu_backward(dt1 + dt2, c_relu)  # the two sibling convs read the same t: their gradients add
         dx, dw, db = conv2d_backward(dt, c_conv)
-        accumulate(f"{CONV}.weight", dw)
-        accumulate(f"{CONV}.bias", db)
+        accumulate_grads(grads, {f"{CONV}.weight": dw, f"{CONV}.bias": db})
         dfeatures.append(dx)
     return dfeatures, grads
 
@@ -136,7 +131,7 @@ def rpn_loss(obj_flat, deltas_flat, labels, targets, cfg, rng: np.random.Generat
     """Objectness BCE on the sampled anchors and smooth-L1 on the sampled positives, both over the sample count.
 
     `recorded` (a test hook): per image a pair (positive anchor indices, negative anchor indices) drawn elsewhere,
-    used instead of drawing from `rng` (see `tinymask.sampler.sample_recorded`).
+    used instead of drawing from `rng` (see `tinymask.box_logic.sampler.sample_recorded`).
 
     Returns (loss_objectness, loss_box, dobj_flat (N, T), ddeltas_flat (N, T, 4)).
     """

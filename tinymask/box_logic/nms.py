@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from tinymask._validate import check_finite, check_float_array, check_same_dtype
-from tinymask.boxes import check_boxes
+from tinymask.box_logic.boxes import check_boxes
 from tinymask.ops import get_ops
 
 
@@ -42,7 +42,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, *, backend:
     boxes:  (N, 4) `(x0, y0, x1, y1)`.
     scores: (N,) same dtype as boxes.
     iou_threshold: suppress a box when its IoU with a kept, higher-scoring box is > this.
-    backend: "numpy" (`nms_numpy` below), "numba" or "cuda" (default: the selected one, tinymask/backend.py).
+    backend: "numpy" (`nms_numpy` below), "numba" or "cuda" (default: the selected one, tinymask/ops/backend.py).
 
     Returns `keep`, (K,) int64 indices into `boxes`, by decreasing score (ties: lower index first).
     """

@@ -100,7 +100,7 @@ def describe_backends() -> str:
         current = get_backend()
     except ValueError as e:  # a bad TINYMASK_BACKEND should be reported, not crash the report
         current = f"(invalid: {e})"
-    lines = [f"backend: {current}   (set with TINYMASK_BACKEND, tinymask.backend.set_backend or backend=)"]
+    lines = [f"backend: {current}   (set with TINYMASK_BACKEND, tinymask.ops.backend.set_backend or backend=)"]
     for name, (ok, reason) in available_backends().items():
         lines.append(f"  {name:6s} {'yes' if ok else 'no ':3s}  {reason}")
     return "\n".join(lines)

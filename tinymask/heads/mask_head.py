@@ -11,19 +11,20 @@ multinomial softmax across classes, which `mask_loss="softmax"` reproduces). `cl
 single mask for all classes (§4.2: "nearly as effective").
 
 Targets: the ground-truth mask of the RoI's matched instance, resampled into the RoI's m×m grid
-(`tinymask.mask_targets.project_masks_on_boxes`). Inference (§3.1): the mask of the predicted class, sigmoid (or
+(`tinymask.box_logic.mask_targets.project_masks_on_boxes`). Inference (§3.1): the mask of the predicted class, sigmoid (or
 softmax), later pasted into the image.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .layers.activations import relu_backward, relu_forward, sigmoid
-from .layers.conv import conv2d_backward, conv2d_forward
-from .layers.conv_transpose import conv_transpose2d_backward, conv_transpose2d_forward
-from .layers.linear import linear_backward, linear_forward
-from .losses import binary_cross_entropy_with_logits, softmax_cross_entropy
-from .mask_targets import project_masks_on_boxes
+from tinymask.layers.activations import relu_backward, relu_forward, sigmoid
+from tinymask.layers.conv import conv2d_backward, conv2d_forward
+from tinymask.layers.conv_transpose import conv_transpose2d_backward, conv_transpose2d_forward
+from tinymask.layers.linear import linear_backward, linear_forward
+from tinymask.layers.losses import binary_cross_entropy_with_logits, softmax_cross_entropy
+from tinymask.box_logic.mask_targets import project_masks_on_boxes
+from tinymask.layers.activations import softmax
 
 HEAD, PRED = "roi_heads.mask_head", "roi_heads.mask_predictor"
 DECONV, LOGITS = f"{PRED}.conv5_mask", f"{PRED}.mask_fcn_logits"
@@ -136,8 +137,7 @@ def mask_probabilities(mask_logits, labels, cfg):
     """Inference: each detection's mask for its predicted class, as probabilities (D, M, M)."""
     D = len(labels)
     if cfg.mask_loss == "softmax":
-        z = mask_logits - mask_logits.max(axis=1, keepdims=True)
-        p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)  # (D, K, M, M)
+        p = softmax(mask_logits, axis=1)  # (D, K, M, M): classes compete at every pixel
         return p[np.arange(D), labels]
     channel = np.zeros(D, dtype=np.int64) if cfg.class_agnostic_mask else labels
     return sigmoid(mask_logits[np.arange(D), channel])

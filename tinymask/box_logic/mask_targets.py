@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layers.roi_align import roi_align_forward
+from tinymask.layers.roi_align import roi_align_forward
 
 
 def project_masks_on_boxes(gt_masks, boxes, matched_idxs, M, *, outside="zero"):
