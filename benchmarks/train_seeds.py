@@ -40,7 +40,7 @@ sys.path.insert(0, ROOT)
 
 SPIKE_WINDOW = 20  # iterations in the running median a spike is measured against
 
-#: notebooks/build_notebooks.py: the training cells of 01 and 08 (300 iterations) and of 05, 09, 10 (150). The
+#: the notebooks' training cells (notebooks/01_tour.py, ...) of 01 and 08 (300 iterations) and of 05, 09, 10 (150). The
 #: test tests/test_train_seeds.py checks that the notebook sources still say so.
 NOTEBOOK_RECIPE = dict(batch_size=4, warmup_iters=50, eval_every=0)
 

@@ -1,11 +1,18 @@
-"""The step-through notebooks run from top to bottom, carry no outputs, and stay in step with their generator.
+"""The step-through notebooks run from top to bottom, carry no outputs, and stay in step with their .py twins.
 
-The notebooks in notebooks/ are written by `notebooks/build_notebooks.py` (cells as Python strings, so that a change
-is a readable diff). These tests check:
+Each notebook notebooks/NN_name.ipynb is paired with notebooks/NN_name.py, a Python script in jupytext's py:percent
+format that holds the same cells and is the file that is edited (notebooks/README.md); the .ipynb is written from it
+by `notebooks/sync_notebooks.py`. These tests check:
 
+- every .ipynb has its .py twin and every .py in notebooks/ (but the sync script) its .ipynb;
+- each pair holds the same cells: the .ipynb's cells (type and source) are what jupytext reads from the .py;
+- the files are exactly what `notebooks/sync_notebooks.py` writes (`--check`): stable cell ids, the jupytext pairing
+  metadata, the .py in the form jupytext writes;
 - every notebook is committed without outputs or execution counts (outputs belong to a reader's run, not to git);
 - the first code cell sets `SMOKE` from the environment variable TINYMASK_SMOKE;
-- the committed .ipynb files are exactly what the generator writes (`build_notebooks.py --check`);
+- 05, 09 and 10 train the same run: their training cells are identical (each notebook stands alone, so each holds a
+  copy);
+- the .py files pass pyflakes (no unused imports, no undefined names);
 - every local link and code reference in the notebooks' Markdown and in notebooks/README.md resolves, with the rules
   of tests/test_docs.py (a "(planned)" mark for things that do not exist yet);
 - (slow) every notebook executes without error in smoke mode (TINYMASK_SMOKE=1, matplotlib's Agg backend), in a
@@ -15,7 +22,8 @@ is a readable diff). These tests check:
   XML), and kept in pytest's cache, `.pytest_cache/v/tinymask/notebook_seconds` (`{notebook: seconds}`, latest run).
   Only a generous per-cell timeout remains, as a guard against a hung kernel.
 
-The execution test needs nbformat, nbclient and ipykernel (`pip install -e ".[notebooks]"`); without them it skips.
+The pairing and sync tests need jupytext and nbformat, the pyflakes test pyflakes; the execution tests need nbformat,
+nbclient and ipykernel (`pip install -e ".[notebooks]"`). Without them these tests skip.
 """
 from __future__ import annotations
 
@@ -32,6 +40,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+#: The script that writes each .ipynb from its .py; every other .py in notebooks/ is a notebook.
+SYNC_SCRIPT = NOTEBOOK_DIR / "sync_notebooks.py"
+SCRIPTS = sorted(p for p in NOTEBOOK_DIR.glob("*.py") if p != SYNC_SCRIPT)
+#: The notebooks that train the same short run (README: "the same deterministic run in each").
+SAME_TRAINING_RUN = ["05_rpn", "09_inference_and_evaluation", "10_inspect_weights"]
 SMOKE_LINE = 'SMOKE = os.environ.get("TINYMASK_SMOKE") == "1"'
 #: Per-cell timeout, a guard against a hung kernel only, not a speed limit: each notebook runs in well under a minute
 #: on a 2-core machine in smoke mode, and its time is recorded (see the module docstring), not asserted.
@@ -58,7 +71,36 @@ def ids(paths):
 
 def test_there_are_notebooks():
     assert NOTEBOOKS, "notebooks/ holds no .ipynb files"
-    assert (NOTEBOOK_DIR / "build_notebooks.py").is_file()
+    assert SYNC_SCRIPT.is_file()
+
+
+def test_every_notebook_has_a_py_twin_and_vice_versa():
+    without_py = [p.name for p in NOTEBOOKS if not p.with_suffix(".py").is_file()]
+    without_ipynb = [p.name for p in SCRIPTS if not p.with_suffix(".ipynb").is_file()]
+    assert not without_py, f"no .py twin (jupytext --to py:percent notebooks/NAME.ipynb writes one): {without_py}"
+    assert not without_ipynb, f"no .ipynb twin (python notebooks/sync_notebooks.py writes one): {without_ipynb}"
+    unnamed = [p.name for p in SCRIPTS if not (p.name[:2].isdigit() and p.name[2] == "_")]
+    assert not unnamed, f"notebooks are named NN_name (sync_notebooks.py looks for no others): {unnamed}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids(NOTEBOOKS))
+def test_notebook_holds_the_cells_of_its_py(path):
+    jupytext = pytest.importorskip("jupytext")
+    py = path.with_suffix(".py")
+    assert py.is_file(), f"{path.name} has no .py twin"
+    expected = [(c.cell_type, c.source) for c in jupytext.read(py, fmt="py:percent").cells]
+    actual = [(c["cell_type"], source(c)) for c in load_notebook(path)["cells"]]
+    differ = [i for i, (a, b) in enumerate(zip(actual, expected)) if a != b]
+    assert len(actual) == len(expected) and not differ, (
+        f"{path.name} is out of step with {py.name}: {len(actual)} vs {len(expected)} cells, first differing cell "
+        f"{differ[:1]}; run python notebooks/sync_notebooks.py")
+
+
+def test_notebooks_are_what_the_sync_script_writes():
+    pytest.importorskip("jupytext")
+    pytest.importorskip("nbformat")
+    result = subprocess.run([sys.executable, str(SYNC_SCRIPT), "--check"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=ids(NOTEBOOKS))
@@ -66,8 +108,8 @@ def test_no_outputs_committed(path):
     nb = load_notebook(path)
     dirty = [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code"
              and (c.get("outputs") or c.get("execution_count") is not None)]
-    assert not dirty, (f"{path.name}: cells {dirty} carry outputs or execution counts; regenerate it with "
-                       f"python notebooks/build_notebooks.py (never commit an executed notebook)")
+    assert not dirty, (f"{path.name}: cells {dirty} carry outputs or execution counts; rewrite it with "
+                       f"python notebooks/sync_notebooks.py (never commit an executed notebook)")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=ids(NOTEBOOKS))
@@ -76,9 +118,21 @@ def test_first_code_cell_reads_the_smoke_switch(path):
     assert cells and SMOKE_LINE in source(cells[0]), f"{path.name}: the first code cell must set {SMOKE_LINE}"
 
 
-def test_notebooks_match_their_generator():
-    pytest.importorskip("nbformat")
-    result = subprocess.run([sys.executable, str(NOTEBOOK_DIR / "build_notebooks.py"), "--check"],
+def test_the_notebooks_that_share_a_training_run_train_it_with_the_same_cell():
+    cells = {}
+    for name in SAME_TRAINING_RUN:
+        found = [source(c) for c in code_cells(load_notebook(NOTEBOOK_DIR / f"{name}.ipynb"))
+                 if "TRAIN_ITERATIONS =" in source(c)]
+        assert len(found) == 1, f"{name}: {len(found)} training cells (TRAIN_ITERATIONS = ...), expected one"
+        cells[name] = found[0]
+    first = SAME_TRAINING_RUN[0]
+    differ = [name for name in SAME_TRAINING_RUN if cells[name] != cells[first]]
+    assert not differ, f"the training cell of {differ} differs from {first}'s: copy the change to all three"
+
+
+def test_notebook_scripts_pass_pyflakes():
+    pytest.importorskip("pyflakes")
+    result = subprocess.run([sys.executable, "-m", "pyflakes", *map(str, SCRIPTS), str(SYNC_SCRIPT)],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
 
