@@ -66,7 +66,7 @@ def build(name: str, seed: int, overrides: dict, ablate_setting: str = "quick", 
                       warmup_iters=min(s.warmup_iters, s.iterations), eval_every=0,
                       clip_grad_norm=s.clip_grad_norm)  # as tinymask.training.ablations.run_one builds it
     else:
-        from tinymask.cli import SHAPES_DEFAULTS as d
+        from tinymask.data.describe import SHAPES_DEFAULTS as d
         train_set = ShapesDataset("train", num_train or d["num_train"], seed=d["seed"], image_size=d["image_size"],
                                   difficulty=d["difficulty"])
         cfg = MaskRCNNConfig.preset("small")
@@ -122,7 +122,7 @@ def run_one(name: str, seed: int, overrides: dict, ablate_setting: str = "quick"
 
 
 def _init_worker():
-    from tinymask.cli import limit_threads
+    from tinymask.ops.threads import limit_threads
     limit_threads(1)
 
 
@@ -214,6 +214,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from tinymask.cli import limit_threads
+    from tinymask.ops.threads import limit_threads
     limit_threads(int(os.environ.get("TINYMASK_SEEDS_THREADS", "1")))
     sys.exit(main())

@@ -16,14 +16,14 @@
 # mask for every region), §3.1 (training and inference), §4 (COCO AP). · *Docs:* [the index](../docs/index.md)
 # (every part of the paper mapped to its module, page, test and notebook), [the whole model](../docs/model.md),
 # [using tinymask](../docs/usage.md) · *Code:* [`tinymask/model.py`](../tinymask/model.py),
-# [`tinymask/train.py`](../tinymask/train.py), [`tinymask/visualize.py`](../tinymask/visualize.py),
-# [`tinymask/evaluate.py`](../tinymask/evaluate.py) · *Tests:* `tests/test_model.py`, `tests/test_train.py`
+# [`tinymask/training/loop.py`](../tinymask/training/loop.py), [`tinymask/visualize.py`](../tinymask/visualize.py),
+# [`tinymask/evaluation/evaluate.py`](../tinymask/evaluation/evaluate.py) · *Tests:* `tests/test_model.py`, `tests/test_train.py`
 #
 # What you will see, each step in a few lines of library calls:
 #
 # 1. one image of the built-in *shapes* data set and its targets (boxes, classes, masks), checked by hand;
 # 2. the untrained model on it: its size, its five losses (two of them predictable), its useless detections;
-# 3. a short training run with `tinymask.train.train` — the same loop as `tinymask train`;
+# 3. a short training run with `tinymask.training.loop.train` — the same loop as `tinymask train`;
 # 4. the trained model on held-out images, its masks, boxes and scores next to the ground truth;
 # 5. the COCO table (box and mask AP) on held-out images;
 # 6. where to go next.
@@ -38,14 +38,15 @@
 import os
 SMOKE = os.environ.get("TINYMASK_SMOKE") == "1"  # CI sets TINYMASK_SMOKE=1: smaller sizes, fewer iterations
 
-from tinymask.cli import limit_threads
+from tinymask.ops.threads import blas_threads, limit_threads
 
 # One BLAS thread: on a 2-core laptop that also runs a browser, a multi-threaded BLAS is often several times
-# slower (its threads wait for each other). The setting is read when NumPy loads, so it comes before
-# `import numpy`; it prints False if NumPy was loaded already (re-running this cell), and changes nothing then.
-print("BLAS limited to one thread:", limit_threads(1))
+# slower (its threads wait for each other). `limit_threads` acts at once, before or after NumPy is imported.
+limit_threads(1)
 
 import numpy as np
+
+print("BLAS threads:", blas_threads())
 import matplotlib.pyplot as plt
 
 np.set_printoptions(precision=4, suppress=True, linewidth=120)
@@ -55,10 +56,11 @@ import tempfile
 from IPython.display import display
 
 from tinymask.config import MaskRCNNConfig
-from tinymask.data import ShapesDataset
-from tinymask.evaluate import evaluate_model
+from tinymask.data.shapes import ShapesDataset
+from tinymask.evaluation.evaluate import evaluate_model
 from tinymask.model import init_params, predict, train_forward
-from tinymask.train import Recipe, load_checkpoint, train
+from tinymask.training.loop import Recipe, train
+from tinymask.weights.checkpoint import load_checkpoint
 from tinymask.visualize import draw_detections, plot_loss_curves
 
 # %% [markdown]
@@ -139,10 +141,10 @@ print(f"untrained: {len(untrained['scores'])} detections above the 0.05 score th
 # %% [markdown]
 # ## 3. Training
 #
-# `tinymask.train.train` is the loop behind `tinymask train`: each iteration takes a batch of images (flipped
+# `tinymask.training.loop.train` is the loop behind `tinymask train`: each iteration takes a batch of images (flipped
 # left-right at random), runs `train_forward`, the hand-written `train_backward` from the summed losses back
 # into the backbone, and one SGD step; it logs every loss to `log.jsonl` and writes checkpoints. The recipe
-# (`tinymask.train.Recipe`) is the paper's — SGD with momentum 0.9, weight decay $10^{-4}$, a step schedule
+# (`tinymask.training.loop.Recipe`) is the paper's — SGD with momentum 0.9, weight decay $10^{-4}$, a step schedule
 # (§3.1) — shortened: lr 0.02 after a 50-iteration warm-up, divided by 10 at 70 % and 90 % of the run.
 # Notebook 08 looks at this run in detail: the schedule, each loss, the gradient norms, resuming.
 #

@@ -41,12 +41,12 @@ import matplotlib.pyplot as plt
 np.set_printoptions(precision=4, suppress=True, linewidth=120)
 
 import time
-from tinymask.layers import (conv2d_forward, conv2d_backward, conv2d_forward_naive, conv2d_backward_naive,
-                             conv_transpose2d_forward, relu_forward, relu_backward,
-                             sigmoid_forward, sigmoid_backward)
+from tinymask.layers.conv import conv2d_backward, conv2d_backward_naive, conv2d_forward, conv2d_forward_naive
+from tinymask.layers.conv_transpose import conv_transpose2d_forward
+from tinymask.layers.activations import relu_backward, relu_forward, sigmoid_backward, sigmoid_forward
 from tinymask.layers.im2col import im2col
 from tinymask.gradcheck import check_layer, rel_error
-from tinymask.visualize import show_numbers  # a small matrix drawn with its values in the cells
+from tinymask.visualize import show_numbers
 
 rng = np.random.default_rng(0)
 
@@ -293,7 +293,7 @@ print("ReLU, one input at 3e-7: ", f"{check_layer(relu_forward, relu_backward, [
 # %%
 from tinymask import layers as L
 from tinymask.gradcheck import check_loss
-from tinymask.losses import binary_cross_entropy_with_logits, smooth_l1, softmax_cross_entropy
+from tinymask.layers.losses import binary_cross_entropy_with_logits, smooth_l1, softmax_cross_entropy
 
 
 def r(*shape):

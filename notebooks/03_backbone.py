@@ -38,13 +38,13 @@ import matplotlib.pyplot as plt
 
 np.set_printoptions(precision=4, suppress=True, linewidth=120)
 
-from tinymask.backbone import (ResNetConfig, bottleneck_forward, fpn_forward, init_resnet_params,
-                               resnet_backward, resnet_forward, resnet_fpn_backward, resnet_fpn_forward,
-                               resnet_param_shapes)
+from tinymask.backbone.resnet import (bottleneck_forward, init_resnet_params, resnet_backward, resnet_forward,
+                                      resnet_param_shapes, ResNetConfig)
+from tinymask.backbone.fpn import fpn_forward, resnet_fpn_backward, resnet_fpn_forward
 from tinymask.config import MaskRCNNConfig
-from tinymask.data import ShapesDataset
+from tinymask.data.shapes import ShapesDataset
 from tinymask.model import init_params, resnet_config
-from tinymask.transform import preprocess
+from tinymask.box_logic.resize import preprocess
 
 rng = np.random.default_rng(0)
 

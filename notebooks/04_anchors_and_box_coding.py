@@ -16,8 +16,8 @@
 # CVPR 2017, §4.1 (one anchor size per pyramid level, three aspect ratios). Mask R-CNN uses this RPN unchanged
 # (§3.1). · *Docs:* [box logic](../docs/box_logic.md), [conventions](../docs/conventions.md) (box coordinates,
 # aspect ratio = height / width)
-# · *Code:* [`tinymask/anchors.py`](../tinymask/anchors.py), [`tinymask/boxes.py`](../tinymask/boxes.py),
-# [`tinymask/matcher.py`](../tinymask/matcher.py), [`tinymask/sampler.py`](../tinymask/sampler.py)
+# · *Code:* [`tinymask/box_logic/anchors.py`](../tinymask/box_logic/anchors.py), [`tinymask/box_logic/boxes.py`](../tinymask/box_logic/boxes.py),
+# [`tinymask/box_logic/matcher.py`](../tinymask/box_logic/matcher.py), [`tinymask/box_logic/sampler.py`](../tinymask/box_logic/sampler.py)
 # · *Tests:* `tests/test_anchors.py`, `tests/test_boxes.py`, `tests/test_matcher.py`, `tests/test_sampler.py`
 #
 # What you will see:
@@ -43,13 +43,13 @@ np.set_printoptions(precision=4, suppress=True, linewidth=120)
 
 from matplotlib.patches import Rectangle
 
-from tinymask.anchors import anchors_for_image, base_anchors, grid_anchors
-from tinymask.boxes import DEFAULT_CLAMP, box_iou, decode_boxes, encode_boxes
+from tinymask.box_logic.anchors import anchors_for_image, base_anchors, grid_anchors
+from tinymask.box_logic.boxes import box_iou, decode_boxes, DEFAULT_CLAMP, encode_boxes
 from tinymask.config import MaskRCNNConfig
-from tinymask.data import ShapesDataset
-from tinymask.matcher import RPN_MATCHER, Matcher
-from tinymask.rpn import rpn_targets
-from tinymask.sampler import sample_balanced
+from tinymask.data.shapes import ShapesDataset
+from tinymask.box_logic.matcher import Matcher, RPN_MATCHER
+from tinymask.heads.rpn import rpn_targets
+from tinymask.box_logic.sampler import sample_balanced
 
 rng = np.random.default_rng(0)
 

@@ -16,8 +16,8 @@
 # image, up to half positive), §3.3 (NMS at IoU 0.7 on the proposals); Lin et al., *FPN*, CVPR 2017, §4.1 (the
 # same head, shared, on P2–P6); Mask R-CNN §3.1 (1000 proposals per image at test time for FPN).
 # · *Docs:* [the RPN](../docs/rpn.md), [box logic](../docs/box_logic.md), [losses](../docs/layers/losses.md)
-# · *Code:* [`tinymask/rpn.py`](../tinymask/rpn.py), [`tinymask/nms.py`](../tinymask/nms.py),
-# [`tinymask/anchors.py`](../tinymask/anchors.py) · *Tests:* `tests/test_model.py`, `tests/test_nms.py`
+# · *Code:* [`tinymask/heads/rpn.py`](../tinymask/heads/rpn.py), [`tinymask/box_logic/nms.py`](../tinymask/box_logic/nms.py),
+# [`tinymask/box_logic/anchors.py`](../tinymask/box_logic/anchors.py) · *Tests:* `tests/test_model.py`, `tests/test_nms.py`
 #
 # What you will see:
 #
@@ -38,12 +38,12 @@ np.set_printoptions(precision=4, suppress=True, linewidth=120)
 
 from matplotlib.patches import Rectangle
 
-from tinymask.boxes import box_iou, clip_boxes, decode_boxes, remove_small_boxes
-from tinymask.layers import sigmoid
+from tinymask.box_logic.boxes import box_iou, clip_boxes, decode_boxes, remove_small_boxes
+from tinymask.layers.activations import sigmoid
 from tinymask.model import init_params, predict
-from tinymask.nms import batched_nms
-from tinymask.rpn import flatten_head_outputs, rpn_loss, rpn_targets
-from tinymask.sampler import sample_balanced
+from tinymask.box_logic.nms import batched_nms
+from tinymask.heads.rpn import flatten_head_outputs, rpn_loss, rpn_targets
+from tinymask.box_logic.sampler import sample_balanced
 
 rng = np.random.default_rng(0)
 
@@ -90,7 +90,7 @@ print("deltas of anchor 4 (cell (0, 1), a = 1):", deltas_flat[0, 4])
 
 # %%
 from tinymask.config import MaskRCNNConfig
-from tinymask.data import ShapesDataset
+from tinymask.data.shapes import ShapesDataset
 
 cfg = MaskRCNNConfig.preset("small")
 untrained = init_params(cfg, seed=0)
@@ -173,7 +173,7 @@ print(" -> ".join(f"{name}: {len(b)}" for name, (b, *_) in steps.items()))
 print("same as predict's proposals:", np.array_equal(steps["proposals"][0], stages["proposals"][0]))
 
 # %% [markdown]
-# Now a short training run, so that the RPN has something to say. `tinymask.train.train` runs the full
+# Now a short training run, so that the RPN has something to say. `tinymask.training.loop.train` runs the full
 # Mask R-CNN training loop (notebook 08): all five losses, SGD with momentum, a linear warm-up. In smoke mode
 # (CI) it runs 2 iterations of one image, and the "trained" model is no better than the untrained one.
 
@@ -181,8 +181,9 @@ print("same as predict's proposals:", np.array_equal(steps["proposals"][0], stag
 TRAIN_ITERATIONS = 150  # of 4 images, about 3 minutes on a laptop CPU; SMOKE: 2 of 1
 import tempfile
 from tinymask.config import MaskRCNNConfig
-from tinymask.data import ShapesDataset
-from tinymask.train import Recipe, load_checkpoint, train
+from tinymask.data.shapes import ShapesDataset
+from tinymask.training.loop import Recipe, train
+from tinymask.weights.checkpoint import load_checkpoint
 
 CHECKPOINT = os.environ.get("TINYMASK_CHECKPOINT")  # a checkpoint of `tinymask train` (a run's last/ or best/)
 if CHECKPOINT:

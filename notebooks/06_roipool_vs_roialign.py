@@ -46,13 +46,14 @@ np.set_printoptions(precision=4, suppress=True, linewidth=120)
 
 from matplotlib.patches import Rectangle
 
-from tinymask.data import ShapesDataset
-from tinymask.interpolate import bilinear_resize
-from tinymask.layers.roi_align import linear_interp_1d, roi_align_backward, roi_align_forward, roi_bins_1d, sample_coords
+from tinymask.data.shapes import ShapesDataset
+from tinymask.box_logic.bilinear import bilinear_resize
+from tinymask.layers.roi_align import (linear_interp_1d, roi_align_backward, roi_align_forward, roi_bins_1d,
+                                       sample_coords)
 from tinymask.layers.roi_pool import pool_bin_edges, roi_pool_backward, roi_pool_forward, round_half_away
 from tinymask.layers.roi_warp import quantize_rois, roi_warp_backward, roi_warp_forward
-from tinymask.mask_paste import binarize, paste_masks_in_image
-from tinymask.visualize import show_numbers  # a small matrix drawn with its values in the cells
+from tinymask.box_logic.mask_paste import binarize, paste_masks_in_image
+from tinymask.visualize import show_numbers
 
 rng = np.random.default_rng(0)
 

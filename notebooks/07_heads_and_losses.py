@@ -18,8 +18,8 @@
 # · *Docs:* [the RoI heads](../docs/heads.md), [losses](../docs/layers/losses.md),
 # [linear, ReLU, sigmoid](../docs/layers/linear_relu_sigmoid.md),
 # [transposed convolution](../docs/layers/transposed_convolution.md) · *Code:*
-# [`tinymask/mask_targets.py`](../tinymask/mask_targets.py), [`tinymask/roi_heads.py`](../tinymask/roi_heads.py),
-# [`tinymask/mask_head.py`](../tinymask/mask_head.py), [`tinymask/losses.py`](../tinymask/losses.py)
+# [`tinymask/box_logic/mask_targets.py`](../tinymask/box_logic/mask_targets.py), [`tinymask/heads/box_head.py`](../tinymask/heads/box_head.py),
+# [`tinymask/heads/mask_head.py`](../tinymask/heads/mask_head.py), [`tinymask/layers/losses.py`](../tinymask/layers/losses.py)
 # · *Tests:* `tests/test_mask_targets.py`, `tests/test_losses.py`, `tests/test_model.py`
 #
 # What you will see:
@@ -42,17 +42,18 @@ np.set_printoptions(precision=4, suppress=True, linewidth=120)
 import dataclasses
 from matplotlib.patches import Rectangle
 
-from tinymask.boxes import box_iou
+from tinymask.box_logic.boxes import box_iou
 from tinymask.config import MaskRCNNConfig
-from tinymask.data import ShapesDataset, training_targets
+from tinymask.data.shapes import ShapesDataset
+from tinymask.data.transforms import training_targets
 from tinymask.layers.roi_align import roi_align_forward
-from tinymask.losses import smooth_l1
-from tinymask.mask_head import init_mask_head_params, mask_head_forward, mask_loss
-from tinymask.mask_targets import project_masks_on_boxes
+from tinymask.layers.losses import smooth_l1
+from tinymask.heads.mask_head import init_mask_head_params, mask_head_forward, mask_loss
+from tinymask.box_logic.mask_targets import project_masks_on_boxes
 from tinymask.model import init_params, train_forward
-from tinymask.roi_heads import box_head_forward, box_loss, init_box_head_params
+from tinymask.heads.box_head import box_head_forward, box_loss, init_box_head_params
 
-from tinymask.visualize import show_numbers  # a small matrix drawn with its values in the cells
+from tinymask.visualize import show_numbers
 
 rng = np.random.default_rng(0)
 cfg = MaskRCNNConfig.preset("small")

@@ -16,7 +16,7 @@
 # momentum of 0.9"; Appendix B and Faster R-CNN §3.2 (approximate joint training: the proposals are constants);
 # Goyal et al., *Accurate, Large Minibatch SGD*, 2017 (linear warm-up and the linear scaling rule).
 # · *Docs:* [the whole model](../docs/model.md), [using tinymask](../docs/usage.md) (checkpoints, resuming)
-# · *Code:* [`tinymask/train.py`](../tinymask/train.py), [`tinymask/optim.py`](../tinymask/optim.py),
+# · *Code:* [`tinymask/training/loop.py`](../tinymask/training/loop.py), [`tinymask/training/optim.py`](../tinymask/training/optim.py),
 # [`tinymask/visualize.py`](../tinymask/visualize.py) · *Tests:* `tests/test_train.py`, `tests/test_optim.py`
 #
 # What you will see:
@@ -36,14 +36,15 @@
 import os
 SMOKE = os.environ.get("TINYMASK_SMOKE") == "1"  # CI sets TINYMASK_SMOKE=1: smaller sizes, fewer iterations
 
-from tinymask.cli import limit_threads
+from tinymask.ops.threads import blas_threads, limit_threads
 
 # One BLAS thread: on a 2-core laptop that also runs a browser, a multi-threaded BLAS is often several times
-# slower (its threads wait for each other). The setting is read when NumPy loads, so it comes before
-# `import numpy`; it prints False if NumPy was loaded already (re-running this cell), and changes nothing then.
-print("BLAS limited to one thread:", limit_threads(1))
+# slower (its threads wait for each other). `limit_threads` acts at once, before or after NumPy is imported.
+limit_threads(1)
 
 import numpy as np
+
+print("BLAS threads:", blas_threads())
 import matplotlib.pyplot as plt
 
 np.set_printoptions(precision=4, suppress=True, linewidth=120)
@@ -54,18 +55,19 @@ from dataclasses import fields
 from IPython.display import display
 
 from tinymask.config import MaskRCNNConfig
-from tinymask.data import ShapesDataset
-from tinymask.evaluate import evaluate_model
-from tinymask.model import LOSS_NAMES, init_params, predict
-from tinymask.optim import LRSchedule
-from tinymask.train import Recipe, load_checkpoint, train
+from tinymask.data.shapes import ShapesDataset
+from tinymask.evaluation.evaluate import evaluate_model
+from tinymask.model import init_params, LOSS_NAMES, predict
+from tinymask.training.optim import LRSchedule
+from tinymask.training.loop import Recipe, train
+from tinymask.weights.checkpoint import load_checkpoint
 from tinymask.visualize import draw_detections, plot_loss_curves, read_log
 
 # %% [markdown]
 # ## 1. The recipe
 #
 # A run is described by two objects: the model, `MaskRCNNConfig` (notebook 01), and how to train it,
-# `tinymask.train.Recipe`. Its docstring gives the paper's numbers and why tinymask's defaults differ:
+# `tinymask.training.loop.Recipe`. Its docstring gives the paper's numbers and why tinymask's defaults differ:
 
 # %%
 print(Recipe.__doc__)
@@ -83,11 +85,11 @@ for f in fields(Recipe):
 # clips the gradient's global norm at 10 (`clip_grad_norm`; Mask R-CNN does not clip), which cuts a few
 # updates of the warm-up and almost none after it (`Recipe`'s module docstring has the measurements). The
 # `tinymask train` default is 1500 iterations. Weight decay applies to conv and fc weights only, never to
-# biases or norm parameters (`tinymask.optim.decays_weight`).
+# biases or norm parameters (`tinymask.training.optim.decays_weight`).
 #
 # ## 2. The learning-rate schedule
 #
-# `Recipe.schedule()` returns an `LRSchedule` (`tinymask/optim.py`): a linear **warm-up** from
+# `Recipe.schedule()` returns an `LRSchedule` (`tinymask/training/optim.py`): a linear **warm-up** from
 # $\eta f$ to $\eta$ over the first $T_w$ iterations, then **steps** that multiply by $\gamma = 0.1$:
 #
 # $$\eta_t = \eta\,\gamma^{\#\{s\,\le\,t\}} \cdot \begin{cases} f + (1 - f)\, t / T_w & t < T_w \\
@@ -133,7 +135,7 @@ plt.show()
 # ## 3. A run, stopped and resumed
 #
 # `train(cfg, recipe, train_set, val_set, out_dir)` runs the loop (the "One iteration" section of
-# `tinymask/train.py` lists its five steps) and keeps two checkpoints: last/ and, when there is a held-out
+# `tinymask/training/loop.py` lists its five steps) and keeps two checkpoints: last/ and, when there is a held-out
 # set, best/. To keep the model at several points of the run, we stop it with `stop_after=k` — exactly as
 # if it had been interrupted there — copy last/, and resume with `resume=True`. Resuming loses nothing
 # (section 6 checks it), so the models below are those of one uninterrupted run, with the recipe, data and

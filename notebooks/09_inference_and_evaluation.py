@@ -17,9 +17,9 @@
 # ECCV 2014 (the metric). · *Docs:* [the whole model](../docs/model.md) (inference),
 # [evaluation](../docs/evaluation.md), [box logic](../docs/box_logic.md) (NMS, mask pasting)
 # · *Code:* [`tinymask/model.py`](../tinymask/model.py) (`predict`),
-# [`tinymask/roi_heads.py`](../tinymask/roi_heads.py) (`postprocess_detections`),
-# [`tinymask/mask_paste.py`](../tinymask/mask_paste.py), [`tinymask/coco_eval.py`](../tinymask/coco_eval.py),
-# [`tinymask/evaluate.py`](../tinymask/evaluate.py) · *Tests:* `tests/test_model.py`,
+# [`tinymask/heads/box_head.py`](../tinymask/heads/box_head.py) (`postprocess_detections`),
+# [`tinymask/box_logic/mask_paste.py`](../tinymask/box_logic/mask_paste.py), [`tinymask/evaluation/coco_eval.py`](../tinymask/evaluation/coco_eval.py),
+# [`tinymask/evaluation/evaluate.py`](../tinymask/evaluation/evaluate.py) · *Tests:* `tests/test_model.py`,
 # `tests/test_mask_paste.py`, `tests/test_coco_eval.py`
 #
 # What you will see:
@@ -44,14 +44,14 @@ np.set_printoptions(precision=4, suppress=True, linewidth=120)
 
 from matplotlib.patches import Rectangle
 
-from tinymask.boxes import clip_boxes, decode_boxes, remove_small_boxes
-from tinymask.coco_eval import evaluate, format_table
-from tinymask.evaluate import coco_results, evaluate_model
-from tinymask.mask_head import mask_probabilities
-from tinymask.mask_paste import binarize, expand_boxes, paste_masks_in_image
+from tinymask.box_logic.boxes import clip_boxes, decode_boxes, remove_small_boxes
+from tinymask.evaluation.coco_eval import evaluate, format_table
+from tinymask.evaluation.evaluate import coco_results, evaluate_model
+from tinymask.heads.mask_head import mask_probabilities
+from tinymask.box_logic.mask_paste import binarize, expand_boxes, paste_masks_in_image
 from tinymask.model import predict
-from tinymask.nms import nms
-from tinymask.roi_heads import softmax
+from tinymask.box_logic.nms import nms
+from tinymask.layers.activations import softmax
 from tinymask.visualize import draw_detections, plot_loss_curves
 
 # %% [markdown]
@@ -61,7 +61,7 @@ from tinymask.visualize import draw_detections, plot_loss_curves
 # it matches a still-unmatched ground-truth object with IoU at least $t$, a false positive otherwise. Precision
 # and recall after each detection trace a curve; AP is the mean of its (monotone envelope's) precision at the
 # 101 recall levels $0, 0.01, \ldots, 1$. The headline "AP" averages this over $t = 0.50, 0.55, \ldots, 0.95$
-# ([`tinymask/coco_eval.py`](../tinymask/coco_eval.py) explains every rule).
+# ([`tinymask/evaluation/coco_eval.py`](../tinymask/evaluation/coco_eval.py) explains every rule).
 #
 # One object, box $(0, 0, 10, 10)$:
 #
@@ -96,8 +96,9 @@ for name, dets in cases.items():
 TRAIN_ITERATIONS = 150  # of 4 images, about 3 minutes on a laptop CPU; SMOKE: 2 of 1
 import tempfile
 from tinymask.config import MaskRCNNConfig
-from tinymask.data import ShapesDataset
-from tinymask.train import Recipe, load_checkpoint, train
+from tinymask.data.shapes import ShapesDataset
+from tinymask.training.loop import Recipe, train
+from tinymask.weights.checkpoint import load_checkpoint
 
 CHECKPOINT = os.environ.get("TINYMASK_CHECKPOINT")  # a checkpoint of `tinymask train` (a run's last/ or best/)
 if CHECKPOINT:

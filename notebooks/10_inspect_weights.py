@@ -16,8 +16,8 @@
 # Mask R-CNN, which tinymask follows module by module. · *Code:* `init_params` in
 # [`tinymask/model.py`](../tinymask/model.py) and the `init_*` functions of
 # [`tinymask/backbone/resnet.py`](../tinymask/backbone/resnet.py), [`tinymask/backbone/fpn.py`](../tinymask/backbone/fpn.py),
-# [`tinymask/rpn.py`](../tinymask/rpn.py), [`tinymask/roi_heads.py`](../tinymask/roi_heads.py),
-# [`tinymask/mask_head.py`](../tinymask/mask_head.py) · *Docs:* [the whole model](../docs/model.md),
+# [`tinymask/heads/rpn.py`](../tinymask/heads/rpn.py), [`tinymask/heads/box_head.py`](../tinymask/heads/box_head.py),
+# [`tinymask/heads/mask_head.py`](../tinymask/heads/mask_head.py) · *Docs:* [the whole model](../docs/model.md),
 # [norms](../docs/layers/norms.md)
 #
 # matterport's `inspect_weights` notebook, for tinymask. What you will see:
@@ -36,12 +36,13 @@ import matplotlib.pyplot as plt
 
 np.set_printoptions(precision=4, suppress=True, linewidth=120)
 
-from tinymask.backbone import fpn_forward
+from tinymask.backbone.fpn import fpn_forward
 from tinymask.backbone.resnet import bottleneck_forward, stem_forward
-from tinymask.layers import linear_forward, relu_forward
+from tinymask.layers.linear import linear_forward
+from tinymask.layers.activations import relu_forward
 from tinymask.layers.conv import conv2d_forward
 from tinymask.model import init_params, predict, resnet_config, train_backward, train_forward
-from tinymask.transform import preprocess
+from tinymask.box_logic.resize import preprocess
 
 
 def short(name):
@@ -111,8 +112,9 @@ for name in weights:
 TRAIN_ITERATIONS = 150  # of 4 images, about 3 minutes on a laptop CPU; SMOKE: 2 of 1
 import tempfile
 from tinymask.config import MaskRCNNConfig
-from tinymask.data import ShapesDataset
-from tinymask.train import Recipe, load_checkpoint, train
+from tinymask.data.shapes import ShapesDataset
+from tinymask.training.loop import Recipe, train
+from tinymask.weights.checkpoint import load_checkpoint
 
 CHECKPOINT = os.environ.get("TINYMASK_CHECKPOINT")  # a checkpoint of `tinymask train` (a run's last/ or best/)
 if CHECKPOINT:
@@ -271,7 +273,7 @@ plt.show()
 # through weights of size 0.01. The levels the shapes' boxes are assigned to:
 
 # %%
-from tinymask.layers import assign_fpn_levels
+from tinymask.box_logic.levels import assign_fpn_levels
 
 shapes = ShapesDataset("val", num_images=100, seed=0)  # generating 100 images takes a fraction of a second
 boxes = np.concatenate([shapes[i]["boxes"] for i in range(len(shapes))]).astype(np.float64)

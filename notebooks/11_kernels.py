@@ -14,7 +14,7 @@
 # *Paper:* none — an engineering notebook. The maths of each kernel is on its layer's page: im2col in
 # [convolution](../docs/layers/convolution.md), RoIAlign in [RoI extractors](../docs/layers/roi_extractors.md),
 # NMS in [box logic](../docs/box_logic.md). · *Docs:* [performance](../docs/performance.md) (the design, the
-# compile cache, measured speed) · *Code:* [`tinymask/backend.py`](../tinymask/backend.py),
+# compile cache, measured speed) · *Code:* [`tinymask/ops/backend.py`](../tinymask/ops/backend.py),
 # [`tinymask/ops/numpy_ops.py`](../tinymask/ops/numpy_ops.py),
 # [`tinymask/ops/numba_ops.py`](../tinymask/ops/numba_ops.py),
 # [`tinymask/ops/cuda_ops.py`](../tinymask/ops/cuda_ops.py) · *Tests:* `tests/test_backends.py`,
@@ -45,9 +45,10 @@ np.set_printoptions(precision=4, suppress=True, linewidth=120)
 
 import time
 
-from tinymask.backend import available_backends, describe_backends, get_backend, use_backend
-from tinymask.layers import conv2d_backward, conv2d_forward, roi_align_backward, roi_align_forward
-from tinymask.nms import nms
+from tinymask.ops.backend import available_backends, describe_backends, get_backend, use_backend
+from tinymask.layers.conv import conv2d_backward, conv2d_forward
+from tinymask.layers import roi_align_backward, roi_align_forward
+from tinymask.box_logic.nms import nms
 
 rng = np.random.default_rng(0)
 

@@ -13,7 +13,7 @@
 #
 # *Paper:* Mask R-CNN §4.2 "Ablation Experiments", Table 2 (a)–(e). · *Docs:* [ablations](../docs/ablations.md)
 # (the full results and what they mean), [RoI extractors](../docs/layers/roi_extractors.md),
-# [heads](../docs/heads.md) · *Code:* [`tinymask/ablate.py`](../tinymask/ablate.py), the command
+# [heads](../docs/heads.md) · *Code:* [`tinymask/training/ablations.py`](../tinymask/training/ablations.py), the command
 # `tinymask ablate` · *Test:* `tests/test_ablate.py`
 #
 # Table 2 is where the paper shows *why* Mask R-CNN is built as it is: independent per-class sigmoid masks
@@ -35,14 +35,15 @@
 import os
 SMOKE = os.environ.get("TINYMASK_SMOKE") == "1"  # CI sets TINYMASK_SMOKE=1: smaller sizes, fewer iterations
 
-from tinymask.cli import limit_threads
+from tinymask.ops.threads import blas_threads, limit_threads
 
 # One BLAS thread: on a 2-core laptop that also runs a browser, a multi-threaded BLAS is often several times
-# slower (its threads wait for each other). The setting is read when NumPy loads, so it comes before
-# `import numpy`; it prints False if NumPy was loaded already (re-running this cell), and changes nothing then.
-print("BLAS limited to one thread:", limit_threads(1))
+# slower (its threads wait for each other). `limit_threads` acts at once, before or after NumPy is imported.
+limit_threads(1)
 
 import numpy as np
+
+print("BLAS threads:", blas_threads())
 import matplotlib.pyplot as plt
 
 np.set_printoptions(precision=4, suppress=True, linewidth=120)
@@ -50,9 +51,9 @@ np.set_printoptions(precision=4, suppress=True, linewidth=120)
 import json
 from pathlib import Path
 
-from tinymask import ablate as A
-from tinymask.data import ShapesDataset
-from tinymask.inference import load_model
+from tinymask.training import ablations as A
+from tinymask.data.shapes import ShapesDataset
+from tinymask.weights.checkpoint import load_model
 from tinymask.layers.roi_pool import round_half_away
 from tinymask.model import predict
 from tinymask.visualize import draw_detections

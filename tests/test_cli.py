@@ -34,20 +34,34 @@ def test_help(command, expected, capsys):
 
 
 def test_threads_are_set_before_numpy_loads():
-    """--threads works through environment variables, so the CLI must not import NumPy before it reads them."""
+    """--threads sets the environment before anything imports NumPy, so the BLAS starts with that many threads."""
     code = ("import os, sys\n"
-            "from tinymask.cli import limit_threads, main\n"
+            "from tinymask.cli import main\n"
             "assert 'numpy' not in sys.modules, 'the CLI imported NumPy too early'\n"
             "assert main(['eval', '--checkpoint', 'no/such/folder', '--threads', '3']) == 1\n"
             "assert 'numpy' in sys.modules\n"
-            "assert os.environ['OPENBLAS_NUM_THREADS'] == '3' and os.environ['OMP_NUM_THREADS'] == '3'\n"
-            "assert not limit_threads(2)  # too late: NumPy is loaded\n")
+            "assert os.environ['OPENBLAS_NUM_THREADS'] == '3' and os.environ['OMP_NUM_THREADS'] == '3'\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env={k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")})
     assert result.returncode == 0, result.stderr
     with pytest.raises(SystemExit) as info:
         main(["eval", "--checkpoint", "x", "--threads", "0"])
     assert info.value.code == 2
+
+
+def test_threads_can_be_limited_after_numpy_loads():
+    """threadpoolctl reaches the BLAS NumPy already loaded: a notebook can limit it in any cell."""
+    code = ("import numpy as np\n"
+            "from tinymask.ops.threads import blas_threads, limit_threads\n"
+            "limit_threads(2)\n"
+            "assert blas_threads() and set(blas_threads()) == {2}, blas_threads()\n"
+            "limit_threads(1)\n"
+            "assert set(blas_threads()) == {1}, blas_threads()\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    from tinymask.ops.threads import limit_threads
+    with pytest.raises(ValueError, match="positive integer"):
+        limit_threads(0)
 
 
 def test_demo_and_info_are_kept(capsys):
@@ -113,7 +127,7 @@ def test_train_eval_predict_round_trip(tmp_path, capsys):
     (["eval", "--checkpoint", "{tmp}/none"], "checkpoint folder not found"),
     (["eval"], "give --checkpoint"),
     (["eval", "--config", "{tmp}/wrong_classes.json", "--weights", "{tmp}/w.npz"], "weights file not found"),
-    (["eval", "--config", "{tmp}/wrong_classes.json", "--weights", "{tmp}/other.npz"], "does not fit its config"),
+    (["eval", "--config", "{tmp}/wrong_classes.json", "--weights", "{tmp}/other.npz"], "does not fit the model of"),
     (["predict", "{tmp}/x.png", "--checkpoint", "{tmp}/none"], "not found"),
 ])
 def test_errors_are_one_line(argv, message, tmp_path, capsys):

@@ -54,7 +54,7 @@ def test_the_shipped_recipes_clip_and_zero_turns_it_off():
     import pytest
 
     from tinymask.training.ablations import make_setting
-    from tinymask.cli import _recipe_overrides
+    from tinymask.cli.commands import _recipe_overrides
     from tinymask.training.loop import Recipe
 
     assert Recipe().clip_grad_norm == 10.0 and make_setting("quick").clip_grad_norm == 5.0

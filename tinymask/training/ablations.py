@@ -63,6 +63,7 @@ from dataclasses import asdict, dataclass, field
 
 from tinymask._files import atomic_write
 from tinymask._files import write_json, write_text
+from tinymask.ops.threads import thread_environment
 
 # ---------------------------------------------------------------------------------------------------------------
 # The paper's numbers: Table 2 of Mask R-CNN (arXiv 1703.06870v3), mask AP / AP50 / AP75 on COCO minival.
@@ -314,11 +315,6 @@ def _default_backend() -> str:
     return "numba" if "numba" in available_backends() else "numpy"
 
 
-def _limit_threads_env(threads: int) -> dict:
-    from tinymask.cli import THREAD_VARIABLES
-    return {name: str(threads) for name in THREAD_VARIABLES}
-
-
 def run_all(setting: Setting, variants: list, out_dir, *, jobs: int = 1, backend: str | None = None,
             log=print) -> list:
     """Every (variant, seed) run, `jobs` at a time in worker processes (each with cores // jobs BLAS threads)."""
@@ -356,8 +352,8 @@ def run_all(setting: Setting, variants: list, out_dir, *, jobs: int = 1, backend
     import concurrent.futures as cf
     import multiprocessing as mp
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    saved = {k: os.environ.get(k) for k in _limit_threads_env(threads)}
-    os.environ.update(_limit_threads_env(threads))  # read by each fresh (spawned) worker's BLAS and Numba
+    saved = {k: os.environ.get(k) for k in thread_environment(threads)}
+    os.environ.update(thread_environment(threads))  # read by each fresh (spawned) worker's BLAS and Numba
     try:
         with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
             futures = {pool.submit(run_one, v, s, payload, os.fspath(out_dir), backend): (v, s) for v, s in todo}

@@ -162,7 +162,7 @@ def load_model(checkpoint_dir=None, config_path=None, weights_path=None) -> tupl
     try:
         check_params_match(params, shapes)
     except ValueError as e:
-        raise type(e)(f"{os.fspath(weights_path)} does not fit the model of {os.fspath(config_path)}:\n{e}") from None
+        raise type(e)(f"{os.fspath(weights_path)} does not fit the model of {os.fspath(config_path)}: {e}") from None
     return {name: params[name] for name in shapes}, cfg  # in init_params' order
 
 
