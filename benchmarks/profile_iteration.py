@@ -36,7 +36,8 @@ from tinymask.config import MaskRCNNConfig
 from tinymask.data.shapes import ShapesDataset
 from tinymask.model import init_params, is_trainable, train_backward, train_forward
 from tinymask.training.optim import SGD
-from tinymask.training.loop import batch_for_iteration, load_batch, Recipe
+from tinymask.training.batches import batch_for_iteration, load_batch
+from tinymask.training.recipe import Recipe
 
 # (stage label, the function tinymask.model calls for it), in the order the data flows; forward, then backward.
 FORWARD_STAGES = [

@@ -54,7 +54,7 @@ def build(name: str, seed: int, overrides: dict, ablate_setting: str = "quick", 
     """(cfg, Recipe, train_set) of a shipped recipe for one seed, with `overrides` (Recipe fields) applied."""
     from tinymask.config import MaskRCNNConfig
     from tinymask.data.shapes import ShapesDataset
-    from tinymask.training.loop import Recipe
+    from tinymask.training.recipe import Recipe
 
     if name.startswith("ablate-"):
         from tinymask.training.ablations import make_setting, variant_config
@@ -103,7 +103,8 @@ def spike_stats(steps: list) -> dict:
 
 def run_one(name: str, seed: int, overrides: dict, ablate_setting: str = "quick", num_train: int | None = None) -> dict:
     """Train one recipe with one seed in a temporary folder; the result as a dict (see the module docstring)."""
-    from tinymask.training.loop import train, TrainingDiverged
+    from tinymask.training.loop import train
+    from tinymask.training.recipe import TrainingDiverged
 
     cfg, recipe, train_set = build(name, seed, overrides, ablate_setting, num_train)
     start = time.perf_counter()

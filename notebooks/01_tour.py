@@ -59,7 +59,8 @@ from tinymask.config import MaskRCNNConfig
 from tinymask.data.shapes import ShapesDataset
 from tinymask.evaluation.evaluate import evaluate_model
 from tinymask.model import init_params, predict, train_forward
-from tinymask.training.loop import Recipe, train
+from tinymask.training.recipe import Recipe
+from tinymask.training.loop import train
 from tinymask.weights.checkpoint import load_checkpoint
 from tinymask.visualize import draw_detections, plot_loss_curves
 
@@ -144,7 +145,7 @@ print(f"untrained: {len(untrained['scores'])} detections above the 0.05 score th
 # `tinymask.training.loop.train` is the loop behind `tinymask train`: each iteration takes a batch of images (flipped
 # left-right at random), runs `train_forward`, the hand-written `train_backward` from the summed losses back
 # into the backbone, and one SGD step; it logs every loss to `log.jsonl` and writes checkpoints. The recipe
-# (`tinymask.training.loop.Recipe`) is the paper's — SGD with momentum 0.9, weight decay $10^{-4}$, a step schedule
+# (`tinymask.training.recipe.Recipe`) is the paper's — SGD with momentum 0.9, weight decay $10^{-4}$, a step schedule
 # (§3.1) — shortened: lr 0.02 after a 50-iteration warm-up, divided by 10 at 70 % and 90 % of the run.
 # Notebook 08 looks at this run in detail: the schedule, each loss, the gradient norms, resuming.
 #

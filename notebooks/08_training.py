@@ -59,7 +59,8 @@ from tinymask.data.shapes import ShapesDataset
 from tinymask.evaluation.evaluate import evaluate_model
 from tinymask.model import init_params, LOSS_NAMES, predict
 from tinymask.training.optim import LRSchedule
-from tinymask.training.loop import Recipe, train
+from tinymask.training.recipe import Recipe
+from tinymask.training.loop import train
 from tinymask.weights.checkpoint import load_checkpoint
 from tinymask.visualize import draw_detections, plot_loss_curves, read_log
 
@@ -67,7 +68,7 @@ from tinymask.visualize import draw_detections, plot_loss_curves, read_log
 # ## 1. The recipe
 #
 # A run is described by two objects: the model, `MaskRCNNConfig` (notebook 01), and how to train it,
-# `tinymask.training.loop.Recipe`. Its docstring gives the paper's numbers and why tinymask's defaults differ:
+# `tinymask.training.recipe.Recipe`. Its docstring gives the paper's numbers and why tinymask's defaults differ:
 
 # %%
 print(Recipe.__doc__)

@@ -113,7 +113,8 @@ TRAIN_ITERATIONS = 150  # of 4 images, about 3 minutes on a laptop CPU; SMOKE: 2
 import tempfile
 from tinymask.config import MaskRCNNConfig
 from tinymask.data.shapes import ShapesDataset
-from tinymask.training.loop import Recipe, train
+from tinymask.training.recipe import Recipe
+from tinymask.training.loop import train
 from tinymask.weights.checkpoint import load_checkpoint
 
 CHECKPOINT = os.environ.get("TINYMASK_CHECKPOINT")  # a checkpoint of `tinymask train` (a run's last/ or best/)

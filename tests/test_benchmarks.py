@@ -108,3 +108,14 @@ def test_profile_iteration_accounts_for_the_whole_iteration(monkeypatch):
     assert sum(s for _, s in result["rows"]) == pytest.approx(result["iteration"])
     assert result["gflop"] > 0
     assert all(getattr(tinymask.model, name) is fn for name, fn in originals.items())
+
+
+def test_compare_revisions_reports_every_difference_but_timings():
+    from compare_revisions import differences
+
+    a = [{"iteration": 1, "loss": 0.5, "lr": 0.01, "time": 0.3}, {"iteration": 1, "mask_AP": 0.25, "eval_seconds": 2}]
+    same = [{"iteration": 1, "loss": 0.5, "lr": 0.01, "time": 9.9}, {"iteration": 1, "mask_AP": 0.25, "eval_seconds": 7}]
+    assert differences(a, same) == []
+    other = [{"iteration": 1, "loss": 0.5000000000000001, "lr": 0.01, "time": 0.3}, {"iteration": 1, "mask_AP": 0.25}]
+    assert differences(a, other) == ["line 1 (iteration 1): loss 0.5 != 0.5000000000000001"]
+    assert differences(a, a[:1]) == ["2 log lines against 1"]

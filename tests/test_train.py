@@ -1,5 +1,4 @@
 """The training loop at a tiny size: exact resume, reproducibility, atomic checkpoints, the NaN stop, the data order."""
-import io
 import json
 import os
 
@@ -8,7 +7,9 @@ import pytest
 
 from tinymask.config import MaskRCNNConfig
 from tinymask.data.shapes import ShapesDataset
-from tinymask.training.loop import batch_for_iteration, load_batch, ProgressBar, Recipe, train, TrainingDiverged
+from tinymask.training.batches import batch_for_iteration, load_batch
+from tinymask.training.loop import train
+from tinymask.training.recipe import Recipe, TrainingDiverged
 from tinymask.weights.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from tiny import tiny_shapes_config
 
@@ -199,29 +200,17 @@ def test_flips_are_seeded_per_iteration(data):
     assert all(flipped)
 
 
-def test_progress_bar_text():
-    stream = io.StringIO()
-    bar = ProgressBar(total=10, stream=stream, every=5)
-    for i in range(1, 11):
-        bar.update(i, {"loss_mask": 0.5, "loss_classifier": 0.25}, lr=0.01)
-    bar.close()
-    lines = stream.getvalue().splitlines()
-    assert len(lines) == 2 and lines[-1].startswith("10/10 [####################] ")
-    assert lines[-1].endswith("it/s ETA 0:00 | lr 1.00e-02 | loss 0.750 (mask 0.500 cls 0.250)")
-
-
-def test_progress_bar_redraws_one_line_on_a_terminal():
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
-    stream = Terminal()
-    bar = ProgressBar(total=3, stream=stream)
-    for i in range(1, 4):
-        bar.update(i, {"loss_mask": 1.0 / i}, lr=0.01)
-    bar.close()
-    text = stream.getvalue()
-    assert text.count("\r") == 3 and text.count("\n") == 1 and text.endswith("\n")
-    assert "1/3 [######..............] ? it/s ETA ?" in text
+def test_progress_bar_and_messages_go_to_stderr(tmp_path, data, capsys):
+    """tqdm draws the bar (iterations, rate, lr, the loss terms); evaluations print a line above it."""
+    train(tiny_config(), recipe(iterations=2, eval_every=2), data[0], data[1], tmp_path / "run", progress=True,
+          print_fn=lambda *a: None, plot=False)
+    err = capsys.readouterr().err
+    assert "2/2" in err and ("it/s" in err or "s/it" in err)
+    assert "lr 1.00e-03 | loss " in err and " mask " in err and " cls " in err  # the last update is in the warm-up
+    assert "evaluating at iteration 2 on 3 images" in err and "iteration 2: box AP" in err
+    train(tiny_config(), recipe(iterations=2, eval_every=2), data[0], data[1], tmp_path / "quiet", progress=False,
+          print_fn=lambda *a: None, plot=False)
+    assert capsys.readouterr().err == ""
 
 
 def test_recipe_validation():
@@ -252,3 +241,23 @@ def test_small_preset_learns_shapes(tmp_path):
     assert report["bbox"]["AP50"] > 0.1 and report["segm"]["AP50"] > 0.1, report
     log = [r for r in read_log(out / "log.jsonl") if "loss" in r]
     assert np.mean([r["loss"] for r in log[-20:]]) < 0.75 * np.mean([r["loss"] for r in log[:20]])
+
+
+def test_a_checkpoint_written_before_the_layout_move_still_loads_and_resumes(tmp_path, data):
+    """tests/data/checkpoint_before_layout: written by tinymask before its modules moved into subpackages (2 of 4
+    iterations of `recipe()` on `data`, evaluated at 2). It loads for inference and a resumed run finishes it."""
+    import shutil
+
+    from tinymask.model import init_params
+    from tinymask.weights.checkpoint import checkpoint_metadata, load_model
+
+    source = os.path.join(os.path.dirname(__file__), "data", "checkpoint_before_layout")
+    shutil.copytree(source, tmp_path / "run")
+    params, cfg = load_model(checkpoint_dir=tmp_path / "run" / "last")
+    assert cfg.to_dict() == tiny_config().to_dict() and set(params) == set(init_params(cfg))
+    metadata = checkpoint_metadata(tmp_path / "run" / "last")
+    assert metadata["iteration"] == 2 and metadata["format"] == "tinymask-checkpoint-1"
+    summary = train(cfg, Recipe.from_dict(metadata["recipe"]), data[0], data[1], tmp_path / "run", resume=True,
+                    progress=False, print_fn=lambda *a: None, plot=False)
+    assert summary["iteration"] == 4 and summary["segm"] is not None
+    assert [r["iteration"] for r in read_log(tmp_path / "run" / "log.jsonl") if "loss" in r] == [1, 2, 3, 4]

@@ -55,7 +55,7 @@ def test_the_shipped_recipes_clip_and_zero_turns_it_off():
 
     from tinymask.training.ablations import make_setting
     from tinymask.cli.commands import _recipe_overrides
-    from tinymask.training.loop import Recipe
+    from tinymask.training.recipe import Recipe
 
     assert Recipe().clip_grad_norm == 10.0 and make_setting("quick").clip_grad_norm == 5.0
     assert make_setting("full", clip_grad_norm=0).clip_grad_norm is None

@@ -135,7 +135,8 @@ def _latest_run() -> str:
 
 def train_command(args) -> int:
     from tinymask.data.describe import datasets_from_description
-    from tinymask.training.loop import Recipe, train
+    from tinymask.training.recipe import Recipe
+    from tinymask.training.loop import train
     from tinymask.weights.checkpoint import load_checkpoint
 
     if args.resume:

@@ -26,7 +26,7 @@ def main(argv=None) -> int:
         parser.error("--threads must be >= 1")
 
     from tinymask.ops.backend import resolve_backend, use_backend
-    from tinymask.training.loop import TrainingDiverged
+    from tinymask.training.recipe import TrainingDiverged
 
     backend = getattr(args, "backend", None) if args.command != "ablate" else None  # ablate passes it to its runs
     if backend is not None:

@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_train(sub) -> None:
     from tinymask.data.describe import SHAPES_DEFAULTS
-    from tinymask.training.loop import Recipe
+    from tinymask.training.recipe import Recipe
 
     r = Recipe()
     t = sub.add_parser("train", help="train a model (default: the small preset on the built-in shapes)",

@@ -8,23 +8,8 @@ is the plumbing around it). · *Code:* `tinymask/evaluation/predict.py` · *Test
     results = run_predict(["a.jpg", "b.png"], checkpoint_dir="runs/shapes", out_dir="out")
     # out/a.png, out/b.png: the detections drawn; out/results.json: COCO results for all images
 
-Where a model comes from
-------------------------
-A model is a config (`MaskRCNNConfig`, the architecture) plus parameters (a flat `{name: array}` dict whose names
-are torchvision's state-dict names). Two sources:
-
-- a **checkpoint folder** written by tinymask's training loop: `config.json` and `weights.npz` (`weights.save_npz`).
-  The .npz may hold more than the model (an optimizer's momentum buffers, say, under other names): only the entries
-  that `model.init_params(cfg)` also has are taken.
-- a **config JSON plus a weights file**: a tinymask `.npz`, or a `.pth` that `torch.save(model.state_dict())` wrote
-  for torchvision's `maskrcnn_resnet50_fpn` (read without PyTorch by `weights.load_torch_state_dict`, which also drops
-  BatchNorm's `num_batches_tracked` counters and renames old key spellings). Since tinymask uses torchvision's names,
-  frozen batch norm's `weight`, `bias`, `running_mean`, `running_var` line up one for one; a .pth must match the model
-  exactly.
-
-Either way the parameters are checked against the names and shapes `init_params(cfg)` gives (`check_params_match`):
-a missing, unexpected or wrongly shaped entry raises `ParamsMismatchError` listing them all. The parameters keep the
-dtype they were saved in, so a model saved and loaded again predicts bit for bit the same.
+Where a model comes from (a checkpoint folder, or a config plus a tinymask `.npz` or torchvision `.pth`) is explained
+in `tinymask/weights/checkpoint.py`, whose `load_model` this module uses.
 
 COCO results
 ------------
@@ -48,26 +33,6 @@ from tinymask.model import predict
 from tinymask.evaluation.rle import rle_encode
 from tinymask._files import write_json
 from tinymask.weights.checkpoint import load_model
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "weights.npz"
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Loading a model.
-# ---------------------------------------------------------------------------------------------------------------
-
-def _checkpoint_files(checkpoint_dir) -> tuple[str, str]:
-    """(config path, weights path) inside a checkpoint folder; FileNotFoundError naming whatever is missing."""
-    folder = os.fspath(checkpoint_dir)
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"checkpoint folder not found: {folder}")
-    paths = (os.path.join(folder, CONFIG_FILE), os.path.join(folder, WEIGHTS_FILE))
-    missing = [p for p in paths if not os.path.isfile(p)]
-    if missing:
-        raise FileNotFoundError(f"checkpoint folder {folder} lacks {', '.join(missing)} (a checkpoint holds "
-                                f"{CONFIG_FILE} and {WEIGHTS_FILE})")
-    return paths
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -261,7 +261,9 @@ def run_one(variant: str, seed: int, setting: dict, out_dir: str, backend: str |
     OUT/runs/<variant>/seed<seed>/result.json). Runs in a worker process when `tinymask ablate --jobs` > 1."""
     from tinymask.ops.backend import use_backend
     from tinymask.data.shapes import ShapesDataset
-    from tinymask.training.loop import Recipe, train, TrainingDiverged, WEIGHTS_FILE
+    from tinymask.training.recipe import Recipe, TrainingDiverged
+    from tinymask.training.loop import train
+    from tinymask.weights.checkpoint import WEIGHTS_FILE
     setting = Setting(**setting)
     spec = setting.run_spec(variant, seed)
     directory = run_dir(out_dir, variant, seed)

@@ -30,7 +30,7 @@ and affine, §3.1) get no gradient from `train_backward` and are never touched.
 **Gradient clipping (optional).** With `clip_grad_norm = c`, the gradients (before weight decay) are scaled by
 `min(1, c / ||g||)`, where `||g||` is the global norm over all trainable parameters together, as
 `torch.nn.utils.clip_grad_norm_` does. Clipping keeps one bad batch from throwing the weights far away; Mask R-CNN
-itself does not clip, so `SGD` does not by default, but tinymask's training recipe does (`tinymask.training.loop.Recipe`,
+itself does not clip, so `SGD` does not by default, but tinymask's training recipe does (`tinymask.training.recipe.Recipe`,
 c = 10; its docstring says why). The returned `clip_scale` is logged, so a run shows how often it acted.
 
 ## The schedule: linear warm-up, then steps
