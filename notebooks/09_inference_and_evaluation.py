@@ -46,7 +46,8 @@ from matplotlib.patches import Rectangle
 
 from tinymask.box_logic.boxes import clip_boxes, decode_boxes, remove_small_boxes
 from tinymask.evaluation.coco_eval import evaluate, format_table
-from tinymask.evaluation.evaluate import coco_results, evaluate_model
+from tinymask.evaluation.evaluate import evaluate_model
+from tinymask.evaluation.predict import detections_to_coco_results
 from tinymask.heads.mask_head import mask_probabilities
 from tinymask.box_logic.mask_paste import binarize, expand_boxes, paste_masks_in_image
 from tinymask.model import predict
@@ -253,11 +254,11 @@ plt.show()
 # ## 4. COCO evaluation
 #
 # `evaluate_model` predicts every image of the validation set, writes each detection as a COCO result (box as
-# `[x, y, width, height]`, mask as a compressed RLE; `coco_results`), and runs the evaluation twice: on boxes
+# `[x, y, width, height]`, mask as a compressed RLE; `detections_to_coco_results`), and runs the evaluation twice: on boxes
 # (`iou_type="bbox"`) and on masks (`"segm"`, IoU between masks). One detection as COCO sees it:
 
 # %%
-first = coco_results(results[0], image_id=0)[:1]
+first = detections_to_coco_results(results[0], image_id=0)[:1]
 print(first if first else "no detections")
 report = evaluate_model(trained, cfg, val)
 print(f"{report['num_images']} images, {len(report['results'])} detections, {report['seconds']:.0f} s\n")

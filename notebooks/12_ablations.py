@@ -51,6 +51,7 @@ np.set_printoptions(precision=4, suppress=True, linewidth=120)
 import json
 from pathlib import Path
 
+from tinymask.training import ablation_report as R
 from tinymask.training import ablations as A
 from tinymask.data.shapes import ShapesDataset
 from tinymask.weights.checkpoint import load_model
@@ -61,14 +62,14 @@ from tinymask.visualize import draw_detections
 # %% [markdown]
 # ## 1. Each table is one switch
 #
-# `A.TABLES` lists each table's rows, the tinymask variant playing each row, and the paper's numbers;
-# `A.variant_config(variant, class_names)` is that variant's `MaskRCNNConfig`. Below, for every row, the
+# `R.TABLES` (`tinymask/training/ablation_report.py`) lists each table's rows, the tinymask variant playing each
+# row, and the paper's numbers; `A.variant_config(variant, class_names)` is that variant's `MaskRCNNConfig`. Below, for every row, the
 # config fields that differ from the table's first row. Table (a) changes the architecture (C4: stage 5 is the
 # RoI head; FPN: a pyramid), the others change one field each.
 
 # %%
 names = ShapesDataset("val", 1).class_names
-for key, table in A.TABLES.items():
+for key, table in R.TABLES.items():
     base = A.variant_config(table.rows[0].variant, names).to_dict()
     print(f"Table 2({key}) {table.title} (paper: {table.paper_model})")
     for row in table.rows:
@@ -159,19 +160,19 @@ plt.show()
 # ## 4. The full results
 #
 # The full setting's results are committed in `docs/ablations/` (made by `tinymask ablate --setting full`;
-# [ablations](../docs/ablations.md) discusses each table). `A.format_table` prints a table of the JSON in the
+# [ablations](../docs/ablations.md) discusses each table). `R.format_table` prints a table of the JSON in the
 # paper's layout.
 
 # %%
 results = Path("..") / "docs" / "ablations" / "ablations.json"
 if not results.exists():  # the notebook was started from another folder
-    results = Path(A.__file__).resolve().parent.parent / "docs" / "ablations" / "ablations.json"
+    results = Path(A.__file__).resolve().parents[2] / "docs" / "ablations" / "ablations.json"
 full = json.loads(results.read_text())
 s = full["setting"]
 print(f"{full['command']}: {len(s['seeds'])} seeds x {s['iterations']} iterations, {s['difficulty']} shapes "
       f"at {s['image_size']} px, {full['minutes']:.0f} min on {full['machine']['cpus']} CPUs\n")
 for key, table in full["tables"].items():
-    print(A.format_table(key, table), end="\n\n")
+    print(R.format_table(key, table), end="\n\n")
 
 # %%
 image = plt.imread(results.with_suffix(".png"))

@@ -10,6 +10,7 @@ from tinymask.data.shapes import ShapesDataset
 from tinymask.model import init_params
 from tinymask.evaluation.rle import rle_decode
 from tiny import tiny_shapes_config
+from tinymask.evaluation.predict import detections_to_coco_results
 
 def tiny_config(**overrides) -> MaskRCNNConfig:
     """tests/tiny.py's model with the shapes data set's four classes."""
@@ -21,14 +22,14 @@ def test_coco_results_by_hand():
     mask[2:5, 1:4] = 1
     result = {"boxes": np.array([[1.0, 2.0, 4.0, 5.0]], np.float32), "scores": np.array([0.75], np.float32),
               "labels": np.array([2]), "masks": mask[None]}
-    (entry,) = E.coco_results(result, image_id=7, label_to_category_id={1: 10, 2: 42})
+    (entry,) = detections_to_coco_results(result, image_id=7, label_to_category_id={1: 10, 2: 42})
     assert entry["image_id"] == 7 and entry["category_id"] == 42  # label 2 -> category id 42
     assert entry["bbox"] == [1.0, 2.0, 3.0, 3.0]  # (x0, y0, x1, y1) -> [x, y, w, h]
     assert entry["score"] == 0.75
     assert entry["segmentation"]["size"] == [6, 8] and isinstance(entry["segmentation"]["counts"], str)
     np.testing.assert_array_equal(rle_decode(entry["segmentation"]), mask)
     json.dumps(entry)  # plain Python numbers
-    assert E.coco_results(result, 7)[0]["category_id"] == 2  # no mapping: the label itself
+    assert detections_to_coco_results(result, 7)[0]["category_id"] == 2  # no mapping: the label itself
 
 
 def test_perfect_predictions_score_one(monkeypatch):

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
+
 from tinymask._files import write_json
 
 BACKBONES = ("fpn", "c4", "c5")

@@ -24,23 +24,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinymask.heads import c4_head
-from tinymask.box_logic.anchors import anchors_for_image
-from tinymask.backbone.resnet import init_resnet_params, resnet_backward, resnet_forward, ResNetConfig
 from tinymask.backbone.fpn import fpn_backward, fpn_forward, init_fpn_params
-from tinymask.config import MaskRCNNConfig
+from tinymask.backbone.resnet import ResNetConfig, init_resnet_params, resnet_backward, resnet_forward
+from tinymask.box_logic.anchors import anchors_for_image
 from tinymask.box_logic.levels import infer_scale
-from tinymask.layers.multiscale_roi import multiscale_roi_backward, multiscale_roi_forward
-from tinymask.layers.pooling import max_pool2d_backward, max_pool2d_forward
-from tinymask.heads.mask_head import (init_mask_head_params, mask_head_backward, mask_head_forward, mask_loss,
-                                      mask_probabilities, mask_targets)
+from tinymask.box_logic.resize import check_targets, postprocess, preprocess, preprocess_targets
+from tinymask.config import MaskRCNNConfig
+from tinymask.heads import c4_head
 from tinymask.heads.box_head import (box_head_backward, box_head_forward, box_loss, init_box_head_params,
                                      postprocess_detections, select_training_rois)
+from tinymask.heads.mask_head import (init_mask_head_params, mask_head_backward, mask_head_forward, mask_loss,
+                                      mask_probabilities, mask_targets)
 from tinymask.heads.rpn import (flatten_head_outputs, init_rpn_params, rpn_head_backward, rpn_head_forward, rpn_loss,
                                 rpn_proposals, rpn_targets, unflatten_head_grads)
-from tinymask.box_logic.resize import check_targets
-from tinymask.box_logic.resize import postprocess, preprocess, preprocess_targets
+from tinymask.layers.multiscale_roi import multiscale_roi_backward, multiscale_roi_forward
 from tinymask.layers.named import accumulate_grads
+from tinymask.layers.pooling import max_pool2d_backward, max_pool2d_forward
 
 LOSS_NAMES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
 

@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from tinymask.backbone.resnet import ResNetConfig, resnet_backward, resnet_forward
+from tinymask.layers.named import accumulate_grads, named_conv_backward, named_conv_forward
 from tinymask.layers.pooling import max_pool2d_backward, max_pool2d_forward
 from tinymask.layers.upsample import upsample_nearest_backward, upsample_nearest_forward
-from tinymask.backbone.resnet import resnet_backward, resnet_forward, ResNetConfig
-from tinymask.layers.named import accumulate_grads, named_conv_backward, named_conv_forward
 
 #: tinymask's level names and torchvision's keys for the same maps.
 TORCHVISION_NAMES = {"P2": "0", "P3": "1", "P4": "2", "P5": "3", "P6": "pool"}

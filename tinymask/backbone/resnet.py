@@ -36,10 +36,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinymask.layers.activations import relu_backward, relu_forward
+from tinymask.layers.named import accumulate_grads, named_conv_backward, named_conv_forward, param
 from tinymask.layers.norm import (frozen_batch_norm_backward, frozen_batch_norm_forward, group_norm_backward,
                                   group_norm_forward)
 from tinymask.layers.pooling import max_pool2d_backward, max_pool2d_forward
-from tinymask.layers.named import accumulate_grads, named_conv_backward, named_conv_forward, param
 
 #: Blocks per stage C2..C5 (ResNet Table 1).
 DEPTH_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}

@@ -21,8 +21,8 @@ from __future__ import annotations
 import numpy as np
 
 from tinymask._validate import check_finite, check_float_array, check_same_dtype
-from tinymask.box_logic.boxes import _check_hw, check_boxes
 from tinymask.box_logic.bilinear import bilinear_resize
+from tinymask.box_logic.boxes import _check_hw, check_boxes
 from tinymask.ops import get_ops
 
 

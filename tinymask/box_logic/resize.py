@@ -24,8 +24,8 @@ import numpy as np
 
 from tinymask._validate import check_finite
 from tinymask.box_logic.bilinear import bilinear_resize
-from tinymask.layers.upsample import nearest_indices
 from tinymask.box_logic.mask_paste import binarize, paste_masks_in_image
+from tinymask.layers.upsample import nearest_indices
 
 
 def check_image(image, name: str = "image") -> None:

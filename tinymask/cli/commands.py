@@ -135,8 +135,8 @@ def _latest_run() -> str:
 
 def train_command(args) -> int:
     from tinymask.data.describe import datasets_from_description
-    from tinymask.training.recipe import Recipe
     from tinymask.training.loop import train
+    from tinymask.training.recipe import Recipe
     from tinymask.weights.checkpoint import load_checkpoint
 
     if args.resume:
@@ -199,7 +199,7 @@ def _load_model(args):
 
 
 def eval_command(args) -> int:
-    from tinymask.data.describe import datasets_from_description, SHAPES_DEFAULTS
+    from tinymask.data.describe import SHAPES_DEFAULTS, datasets_from_description
     from tinymask.evaluation.evaluate import evaluate_model
 
     params, cfg, metadata = _load_model(args)
@@ -227,8 +227,12 @@ def eval_command(args) -> int:
                          f"{len(dataset.class_names) - 1}")
     out = args.out or os.path.join(args.checkpoint if args.checkpoint else ".", "eval.json")
     print(f"evaluating on {len(dataset)} images of {dataset!r} ...", file=sys.stderr)
-    report = evaluate_model(params, cfg, dataset, args.batch_size, out_path=out,
-                            extra={"iteration": metadata.get("iteration")} if metadata else None)
+    from tqdm import tqdm
+
+    with tqdm(total=len(dataset), unit="img", file=sys.stderr, disable=args.no_progress) as bar:
+        report = evaluate_model(params, cfg, dataset, args.batch_size, out_path=out,
+                                extra={"iteration": metadata.get("iteration")} if metadata else None,
+                                progress=lambda done, total: bar.update(done - bar.n))
     print(report["table"])
     print(f"\nwrote {out} ({report['seconds']:.0f} s)")
     return 0
@@ -255,7 +259,7 @@ def predict_command(args) -> int:
 
 
 def ablate_command(args) -> int:
-    from tinymask.training.ablations import ablate, make_setting, TABLES
+    from tinymask.training.ablations import TABLES, ablate, make_setting
 
     setting = make_setting(args.setting, iterations=args.iterations, seeds=args.seeds, num_train=args.num_train,
                            num_val=args.num_val, difficulty=args.difficulty, image_size=args.image_size,
@@ -266,7 +270,8 @@ def ablate_command(args) -> int:
     tables = [t for t in TABLES if t in args.tables]
     command = "tinymask ablate " + " ".join(sys.argv[1:][1:]) if sys.argv[1:2] == ["ablate"] else "tinymask ablate"
     try:
-        ablate(setting, tables, args.out, jobs=jobs, backend=args.backend, command=command.strip())
+        ablate(setting, tables, args.out, jobs=jobs, backend=args.backend, command=command.strip(),
+               progress=not args.no_progress)
     except RuntimeError as e:  # some runs failed; the finished ones are kept
         print(f"tinymask ablate: {e}", file=sys.stderr)
         return 1

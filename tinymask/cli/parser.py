@@ -4,9 +4,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from tinymask.cli.commands import (ablate_command, demo_command, eval_command, info_command, predict_command, RUNS_DIR,
+from tinymask.cli.commands import (RUNS_DIR, ablate_command, demo_command, eval_command, info_command, predict_command,
                                    train_command)
-
 
 TRAIN_EPILOG = """\
 examples:
@@ -129,6 +128,7 @@ def _add_eval(sub) -> None:
     e.add_argument("--num-val", type=int, metavar="N", help="shapes: how many held-out images (default: as trained, "
                                                             "else 100)")
     e.add_argument("--batch-size", type=int, default=4, metavar="B", help="images per predict call (default 4)")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     e.add_argument("--out", metavar="FILE.json", help="where to write the results (default: eval.json in the "
                                                       "checkpoint folder, or ./eval.json)")
     _add_threads(e)
@@ -175,6 +175,7 @@ def _add_ablate(sub) -> None:
     a.add_argument("--jobs", type=int, metavar="J", help="runs at a time, each in its own process with "
                                                          "cores/J BLAS threads (default: the number of cores)")
     a.add_argument("--backend", choices=("numpy", "numba", "cuda"), help="kernels (default numba if it works)")
+    a.add_argument("--no-progress", action="store_true", help="no progress bar of finished runs on stderr")
     a.add_argument("--out", default=os.path.join(RUNS_DIR, "ablate"), metavar="DIR",
                    help="folder for the runs and the tables (default runs/ablate)")
     a.set_defaults(func=ablate_command)

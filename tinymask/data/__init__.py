@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from tinymask.data.coco import CocoDataset, CocoFormatError, read_image_rgb
-from tinymask.data.shapes import generate_image, masks_to_boxes, ShapesDataset
+from tinymask.data.shapes import ShapesDataset, generate_image, masks_to_boxes
 from tinymask.data.transforms import (batch_indices, collate, epoch_order, horizontal_flip, random_horizontal_flip,
                                       training_targets)
 

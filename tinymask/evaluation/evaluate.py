@@ -24,16 +24,10 @@ from __future__ import annotations
 
 import time
 
-
-from tinymask.evaluation.coco_eval import evaluate, format_table, STAT_NAMES
+from tinymask._files import write_json
+from tinymask.evaluation.coco_eval import STAT_NAMES, evaluate, format_table
 from tinymask.evaluation.predict import detections_to_coco_results
 from tinymask.model import predict
-from tinymask._files import write_json
-
-
-def coco_results(result: dict, image_id: int, label_to_category_id: dict | None = None) -> list[dict]:
-    """One image's `predict` output -> a list of COCO result dicts (see `inference.detections_to_coco_results`)."""
-    return detections_to_coco_results(result, image_id, label_to_category_id)
 
 
 def predict_dataset(params, cfg, dataset, batch_size: int = 4, progress=None) -> list[dict]:
@@ -49,7 +43,7 @@ def predict_dataset(params, cfg, dataset, batch_size: int = 4, progress=None) ->
         samples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         outputs = predict(params, cfg, [s["image"] for s in samples])
         for sample, out in zip(samples, outputs):
-            results.extend(coco_results(out, sample["image_id"], mapping))
+            results.extend(detections_to_coco_results(out, sample["image_id"], mapping))
         if progress is not None:
             progress(start + len(samples), len(dataset))
     return results

@@ -28,12 +28,11 @@ import os
 
 import numpy as np
 
-from tinymask.data.coco import read_image_rgb
-from tinymask.model import predict
-from tinymask.evaluation.rle import rle_encode
 from tinymask._files import write_json
+from tinymask.data.coco import read_image_rgb
+from tinymask.evaluation.rle import rle_encode
+from tinymask.model import predict
 from tinymask.weights.checkpoint import load_model
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # COCO results.
@@ -113,8 +112,9 @@ def _overlay_names(image_paths: list[str]) -> list[str]:
 
 def save_overlay(image: np.ndarray, result: dict, class_names, path) -> None:
     """Draw one image's detections at (at least) 512 pixels on its long side and write the PNG atomically."""
-    from tinymask.visualize import draw_detections, save_figure
     from matplotlib.figure import Figure
+
+    from tinymask.visualize import draw_detections, save_figure
 
     h, w = image.shape[1:]
     scale = max(1.0, 512 / max(h, w))  # small images are enlarged so captions stay legible

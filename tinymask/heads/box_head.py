@@ -17,13 +17,12 @@ from __future__ import annotations
 import numpy as np
 
 from tinymask.box_logic.boxes import box_iou, clip_boxes, decode_boxes, encode_boxes, remove_small_boxes
-from tinymask.layers.activations import relu_backward, relu_forward
-from tinymask.layers.linear import linear_backward, linear_forward
-from tinymask.layers.losses import smooth_l1, softmax_cross_entropy
 from tinymask.box_logic.matcher import BETWEEN_THRESHOLDS, Matcher
 from tinymask.box_logic.nms import batched_nms
 from tinymask.box_logic.sampler import sample_balanced, sample_recorded
-from tinymask.layers.activations import softmax
+from tinymask.layers.activations import relu_backward, relu_forward, softmax
+from tinymask.layers.linear import linear_backward, linear_forward
+from tinymask.layers.losses import smooth_l1, softmax_cross_entropy
 
 FC6, FC7 = "roi_heads.box_head.fc6", "roi_heads.box_head.fc7"
 CLS, BBOX = "roi_heads.box_predictor.cls_score", "roi_heads.box_predictor.bbox_pred"

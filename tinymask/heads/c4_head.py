@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 
 from tinymask.backbone.resnet import resnet_stage_backward, resnet_stage_forward
+from tinymask.heads.box_head import BBOX, CLS
 from tinymask.layers.linear import linear_backward, linear_forward
 from tinymask.layers.pooling import global_avg_pool_backward, global_avg_pool_forward
-from tinymask.heads.box_head import BBOX, CLS
 
 STAGE5 = "backbone.body.layer4."
 

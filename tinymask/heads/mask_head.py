@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinymask.layers.activations import relu_backward, relu_forward, sigmoid
+from tinymask.box_logic.mask_targets import project_masks_on_boxes
+from tinymask.layers.activations import relu_backward, relu_forward, sigmoid, softmax
 from tinymask.layers.conv import conv2d_backward, conv2d_forward
 from tinymask.layers.conv_transpose import conv_transpose2d_backward, conv_transpose2d_forward
 from tinymask.layers.linear import linear_backward, linear_forward
 from tinymask.layers.losses import binary_cross_entropy_with_logits, softmax_cross_entropy
-from tinymask.box_logic.mask_targets import project_masks_on_boxes
-from tinymask.layers.activations import softmax
 
 HEAD, PRED = "roi_heads.mask_head", "roi_heads.mask_predictor"
 DECONV, LOGITS = f"{PRED}.conv5_mask", f"{PRED}.mask_fcn_logits"

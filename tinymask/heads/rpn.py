@@ -24,12 +24,12 @@ from __future__ import annotations
 import numpy as np
 
 from tinymask.box_logic.boxes import box_iou, clip_boxes, decode_boxes, encode_boxes, remove_small_boxes
-from tinymask.layers.activations import relu_backward, relu_forward, sigmoid
-from tinymask.layers.conv import conv2d_backward, conv2d_forward
-from tinymask.layers.losses import binary_cross_entropy_with_logits, smooth_l1
 from tinymask.box_logic.matcher import BETWEEN_THRESHOLDS, Matcher
 from tinymask.box_logic.nms import batched_nms
 from tinymask.box_logic.sampler import sample_balanced, sample_recorded
+from tinymask.layers.activations import relu_backward, relu_forward, sigmoid
+from tinymask.layers.conv import conv2d_backward, conv2d_forward
+from tinymask.layers.losses import binary_cross_entropy_with_logits, smooth_l1
 from tinymask.layers.named import accumulate_grads
 
 PREFIX = "rpn.head"

@@ -7,12 +7,12 @@ from tinymask.layers.conv import conv2d_backward, conv2d_backward_naive, conv2d_
 from tinymask.layers.conv_transpose import (conv_transpose2d_backward, conv_transpose2d_backward_naive,
                                             conv_transpose2d_forward, conv_transpose2d_forward_naive)
 from tinymask.layers.linear import linear_backward, linear_forward
+from tinymask.layers.multiscale_roi import multiscale_roi_backward, multiscale_roi_forward
 from tinymask.layers.norm import (frozen_batch_norm_backward, frozen_batch_norm_forward, group_norm_backward,
                                   group_norm_forward)
 from tinymask.layers.pooling import (global_avg_pool_backward, global_avg_pool_forward, max_pool2d_backward,
                                      max_pool2d_forward)
-from tinymask.layers.upsample import upsample_nearest_backward, upsample_nearest_forward
-from tinymask.layers.multiscale_roi import multiscale_roi_backward, multiscale_roi_forward
 from tinymask.layers.roi_align import roi_align_backward, roi_align_forward
 from tinymask.layers.roi_pool import roi_pool_backward, roi_pool_forward
 from tinymask.layers.roi_warp import roi_warp_backward, roi_warp_forward
+from tinymask.layers.upsample import upsample_nearest_backward, upsample_nearest_forward

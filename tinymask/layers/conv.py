@@ -22,8 +22,8 @@ from __future__ import annotations
 import numpy as np
 
 from tinymask._validate import as_pair, check_float_array, check_same_dtype
-from tinymask.ops import get_ops
 from tinymask.layers.im2col import conv_output_size
+from tinymask.ops import get_ops
 
 
 def _check_conv_args(x, w, b, stride, padding, dilation):

@@ -10,7 +10,6 @@ Backward: dx = dout @ w, dw = doutᵀ @ x, db = Σ_n dout. The cache keeps `x` (
 """
 from __future__ import annotations
 
-
 from tinymask._validate import check_float_array, check_same_dtype
 
 

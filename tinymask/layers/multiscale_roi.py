@@ -11,13 +11,12 @@ RoIs went there and the single-level op's cache; the backward runs each level's 
 """
 from __future__ import annotations
 
-
 import numpy as np
 
+from tinymask.box_logic.levels import assign_fpn_levels, levels_of_scales
 from tinymask.layers.roi_align import check_roi_inputs, roi_align_backward, roi_align_forward
 from tinymask.layers.roi_pool import roi_pool_backward, roi_pool_forward
 from tinymask.layers.roi_warp import roi_warp_backward, roi_warp_forward
-from tinymask.box_logic.levels import assign_fpn_levels, levels_of_scales
 
 METHODS = ("align", "pool", "warp")
 

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinymask.ops import get_ops
 from tinymask.layers.roi_align import check_roi_inputs
+from tinymask.ops import get_ops
 
 
 def round_half_away(v):

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from tinymask.box_logic.mask_paste import paste_masks_numpy as paste_masks
+from tinymask.box_logic.nms import nms_numpy as nms
 from tinymask.layers.im2col import col2im, im2col
 from tinymask.layers.roi_align import roi_align_backward_numpy as roi_align_backward
 from tinymask.layers.roi_align import roi_align_forward_numpy as roi_align_forward
 from tinymask.layers.roi_pool import roi_pool_backward_numpy as roi_pool_backward
 from tinymask.layers.roi_pool import roi_pool_forward_numpy as roi_pool_forward
-from tinymask.box_logic.mask_paste import paste_masks_numpy as paste_masks
-from tinymask.box_logic.nms import nms_numpy as nms
 
 NAME = "numpy"
 IMPLICIT_GEMM_CONV = False  # conv2d_forward builds cols with im2col and keeps it for the backward

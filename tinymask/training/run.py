@@ -20,10 +20,10 @@ from tinymask.config import MaskRCNNConfig
 from tinymask.evaluation.evaluate import evaluate_model, report_json, short_summary
 from tinymask.model import init_params, is_trainable
 from tinymask.training.optim import SGD
-from tinymask.training.recipe import diverged_message, Recipe, TrainingDiverged
+from tinymask.training.recipe import Recipe, TrainingDiverged, diverged_message
 from tinymask.visualize import plot_loss_curves
-from tinymask.weights.checkpoint import (CHECKPOINT_FORMAT, CONFIG_FILE, EVAL_FILE, load_checkpoint, save_checkpoint,
-                                         WEIGHTS_FILE)
+from tinymask.weights.checkpoint import (CHECKPOINT_FORMAT, CONFIG_FILE, EVAL_FILE, WEIGHTS_FILE, load_checkpoint,
+                                         save_checkpoint)
 
 SHORT_NAMES = {"loss_objectness": "obj", "loss_rpn_box_reg": "rpn_box", "loss_classifier": "cls",
                "loss_box_reg": "box", "loss_mask": "mask"}

@@ -47,7 +47,7 @@ import numpy as np
 from tinymask._files import fsync_dir, write_json
 from tinymask.config import MaskRCNNConfig
 from tinymask.model import init_params
-from tinymask.weights.files import check_params_match, load_weights, NPZ_EXTENSIONS
+from tinymask.weights.files import NPZ_EXTENSIONS, check_params_match, load_weights
 from tinymask.weights.npz import load_npz, save_npz
 
 CONFIG_FILE, WEIGHTS_FILE, EVAL_FILE = "config.json", "weights.npz", "eval.json"

@@ -13,11 +13,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from tinymask.weights.errors import existing_file, ParamsMismatchError
+from tinymask.weights.errors import ParamsMismatchError, existing_file
 from tinymask.weights.keys import upgrade_key
 from tinymask.weights.npz import load_npz
 from tinymask.weights.torch_format import load_torch_state_dict
-
 
 TORCH_EXTENSIONS = (".pth", ".pt")
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-
 #: (pattern, new name) for the three renames torchvision itself makes in `_load_from_state_dict` when a checkpoint's
 #: module version is missing or < 2 (its pretrained `maskrcnn_resnet50_fpn` COCO file is such a checkpoint):
 #: - `torchvision/ops/feature_pyramid_network.py`, `FeaturePyramidNetwork`: each inner/layer block became a

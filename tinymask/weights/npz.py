@@ -14,8 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from tinymask._files import atomic_write
-from tinymask.weights.errors import existing_file, WeightsFileError
-
+from tinymask.weights.errors import WeightsFileError, existing_file
 
 #: The reserved `.npz` entry holding the metadata dict as a JSON string.
 METADATA_KEY = "__tinymask_metadata__"

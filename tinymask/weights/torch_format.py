@@ -77,9 +77,10 @@ import pickle
 import struct
 import zipfile
 from collections.abc import Mapping
+
 import numpy as np
 
-from tinymask.weights.errors import existing_file, UnsafePickleError, WeightsFileError
+from tinymask.weights.errors import UnsafePickleError, WeightsFileError, existing_file
 from tinymask.weights.keys import upgrade_legacy_keys
 
 # ---------------------------------------------------------------------------------------------------------------
