@@ -21,6 +21,7 @@ import pytest
 
 import tinymask.model as model
 from tinymask.heads import c4_head
+from tinymask.heads.c4_head import c4_head_backward, c4_head_forward
 from tinymask.gradcheck import check_named
 from tinymask.heads.mask_head import init_mask_head_params, mask_head_backward, mask_head_forward
 from tinymask.box_logic.mask_targets import project_masks_on_boxes
@@ -118,7 +119,7 @@ def test_c4_head_gradients_with_mask_branch(rng):
     x = rng.standard_normal((R, rcfg.out_channels(4), cfg.box_pool_size, cfg.box_pool_size))  # (R, 16, 4, 4)
 
     def forward():
-        res5, logits, regression, c_box = c4_head.forward(params, x, rcfg)  # res5 (R, 32, 2, 2)
+        res5, logits, regression, c_box = c4_head_forward(params, x, rcfg)  # res5 (R, 32, 2, 2)
         mask_logits, c_mask = mask_head_forward(params, res5[positive], cfg)  # (2, K, 4, 4)
         return {"class_logits": logits, "box_regression": regression, "mask_logits": mask_logits}, (c_box, c_mask)
 
@@ -127,7 +128,7 @@ def test_c4_head_gradients_with_mask_branch(rng):
         dmask_feats, grads = mask_head_backward(douts["mask_logits"], c_mask)
         dres5 = np.zeros(c_box["res5_shape"])
         dres5[positive] = dmask_feats  # as tinymask.model.train_backward scatters it
-        dx, g = c4_head.backward(douts["class_logits"], douts["box_regression"], dres5, c_box)
+        dx, g = c4_head_backward(douts["class_logits"], douts["box_regression"], dres5, c_box)
         return dx, {**grads, **g}
 
     outs, _ = forward()

@@ -6,7 +6,7 @@ from tinymask.config import MaskRCNNConfig
 from tinymask.gradcheck import check_layer
 from tinymask.heads.mask_head import mask_loss, mask_probabilities
 from tinymask.heads.box_head import box_loss, postprocess_detections, select_training_rois
-from tinymask.heads.rpn import (flatten_head_outputs, init_rpn_params, rpn_head_backward, rpn_head_forward, rpn_loss,
+from tinymask.heads.rpn import (flatten_head_outputs, init_rpn_head_params, rpn_head_backward, rpn_head_forward, rpn_loss,
                                 rpn_proposals, rpn_targets, unflatten_head_grads)
 
 
@@ -33,7 +33,7 @@ def test_flatten_is_anchor_order_and_unflatten_is_its_adjoint(rng):
 
 
 def test_rpn_head_shared_weights_gradient(rng):
-    params = {k: v.astype(np.float64) * 50 for k, v in init_rpn_params(3, 2, rng, np.float64).items()}
+    params = {k: v.astype(np.float64) * 50 for k, v in init_rpn_head_params(3, 2, rng, np.float64).items()}
     maps = [rng.standard_normal((1, 3, 4, 5)), rng.standard_normal((1, 3, 2, 3))]
     names = sorted(params)
 

@@ -30,16 +30,15 @@ from tinymask.box_logic.anchors import anchors_for_image
 from tinymask.box_logic.levels import infer_scale
 from tinymask.box_logic.resize import check_targets, postprocess, preprocess, preprocess_targets
 from tinymask.config import MaskRCNNConfig
-from tinymask.heads import c4_head
+from tinymask.heads.c4_head import c4_head_backward, c4_head_forward, init_c4_head_params
 from tinymask.heads.box_head import (box_head_backward, box_head_forward, box_loss, init_box_head_params,
                                      postprocess_detections, select_training_rois)
 from tinymask.heads.mask_head import (init_mask_head_params, mask_head_backward, mask_head_forward, mask_loss,
                                       mask_probabilities, mask_targets)
-from tinymask.heads.rpn import (flatten_head_outputs, init_rpn_params, rpn_head_backward, rpn_head_forward, rpn_loss,
+from tinymask.heads.rpn import (flatten_head_outputs, init_rpn_head_params, rpn_head_backward, rpn_head_forward, rpn_loss,
                                 rpn_proposals, rpn_targets, unflatten_head_grads)
 from tinymask.layers.multiscale_roi import multiscale_roi_backward, multiscale_roi_forward
 from tinymask.layers.named import accumulate_grads
-from tinymask.layers.pooling import max_pool2d_backward, max_pool2d_forward
 
 LOSS_NAMES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
 
@@ -86,9 +85,9 @@ def init_params(cfg: MaskRCNNConfig, seed: int = 0, dtype=np.float32) -> dict:
         full = ResNetConfig(**{**rcfg.__dict__, "return_stages": ("C5",)})
         params.update({k: v for k, v in init_resnet_params(full, rng, dtype).items() if ".layer4." in k})
         channels = rcfg.out_channels(4)
-        params.update(c4_head.init_predictor_params(rcfg.out_channels(5), cfg.num_classes, rng, dtype))
+        params.update(init_c4_head_params(rcfg.out_channels(5), cfg.num_classes, rng, dtype))
         mask_in = rcfg.out_channels(5)
-    params.update(init_rpn_params(channels, num_anchors_per_cell(cfg), rng, dtype))
+    params.update(init_rpn_head_params(channels, num_anchors_per_cell(cfg), rng, dtype))
     params.update(init_mask_head_params(mask_in, cfg, rng, dtype))
     return params
 
@@ -105,13 +104,9 @@ def backbone_forward(params, cfg, batch):
     if cfg.backbone != "fpn":  # one map, read by the RPN and by the RoI heads
         stage = rcfg.return_stages[0]  # "C4" or "C5"
         return [features[stage]], [features[stage]], {"body": c_body, "stage": stage}
-    pyramid, c_fpn = fpn_forward(params, features)  # {"P2": ..., "P5": ...} (+ "P6" when the FPN makes it)
+    pyramid, c_fpn = fpn_forward(params, features)  # {"P2": ..., "P6": ...}
     levels = [pyramid[k] for k in ("P2", "P3", "P4", "P5")]
-    if "P6" in pyramid:
-        p6, c_p6 = pyramid["P6"], None
-    else:  # FPN §4.1: P6 is a stride-2 subsampling of P5, for the RPN's largest anchors
-        p6, c_p6 = max_pool2d_forward(pyramid["P5"], kernel_size=1, stride=2)
-    return levels + [p6], levels, {"body": c_body, "fpn": c_fpn, "p6": c_p6}
+    return levels + [pyramid["P6"]], levels, {"body": c_body, "fpn": c_fpn}  # P6 only for the RPN (FPN §4.1)
 
 
 def backbone_backward(d_rpn_maps, d_roi_maps, cache):
@@ -124,13 +119,9 @@ def backbone_backward(d_rpn_maps, d_roi_maps, cache):
         dmaps = {cache["stage"]: d_rpn_maps[0] + d_roi_maps[0]}
         _, grads = resnet_backward(dmaps, c_body)
         return grads, dmaps
-    c_fpn, c_p6 = cache["fpn"], cache["p6"]
     dP = {k: d_rpn_maps[i] + d_roi_maps[i] for i, k in enumerate(("P2", "P3", "P4", "P5"))}
-    if c_p6 is None:
-        dP["P6"] = d_rpn_maps[4]
-    else:
-        dP["P5"] = dP["P5"] + max_pool2d_backward(d_rpn_maps[4], c_p6)
-    dfeatures, grads = fpn_backward(dP, c_fpn)
+    dP["P6"] = d_rpn_maps[4]  # read by the RPN only; the FPN's backward passes it on to P5
+    dfeatures, grads = fpn_backward(dP, cache["fpn"])
     _, g_body = resnet_backward(dfeatures, c_body)
     grads.update(g_body)
     return grads, dP
@@ -211,7 +202,7 @@ def train_forward(params, cfg: MaskRCNNConfig, images, targets, rng: np.random.G
     else:  # C4: stage 5 on 14x14 RoI features; the mask branch reuses the positive RoIs' stage-5 output
         box_feats, c_box_pool = roi_features_forward(roi_maps, [r["boxes"] for r in rois], image_sizes, cfg,
                                                      cfg.box_pool_size)  # (R, 1024, 14, 14)
-        res5, class_logits, box_regression, c_box_head = c4_head.forward(params, box_feats, resnet_config(cfg))
+        res5, class_logits, box_regression, c_box_head = c4_head_forward(params, box_feats, resnet_config(cfg))
         mask_feats, c_mask_pool = res5[np.concatenate(positive)], None  # (P, 2048, 7, 7)
     loss_cls, loss_box, dlogits, dregression = box_loss(class_logits, box_regression, roi_labels, roi_reg_targets,
                                                         cfg)
@@ -263,7 +254,7 @@ def train_backward(cache, loss_weights: dict | None = None, *, return_stages=Fal
     else:
         dres5_from_mask = np.zeros(cache["c_box_head"]["res5_shape"], dmask_feats.dtype)
         dres5_from_mask[cache["positive"]] = dmask_feats  # the mask branch read the positive rows
-        dbox_feats, g = c4_head.backward(dlogits, dregression, dres5_from_mask, cache["c_box_head"])
+        dbox_feats, g = c4_head_backward(dlogits, dregression, dres5_from_mask, cache["c_box_head"])
         accumulate_grads(grads, g)
         d_roi_maps, _ = multiscale_roi_backward(dbox_feats, cache["c_box_pool"])
     # RPN: its two losses -> the shared head on every level.
@@ -299,7 +290,7 @@ def predict(params, cfg: MaskRCNNConfig, images, *, mask_threshold: float | None
     if cfg.backbone != "c4":
         class_logits, box_regression, _ = box_head_forward(params, box_feats)
     else:
-        _, class_logits, box_regression, _ = c4_head.forward(params, box_feats, resnet_config(cfg))
+        _, class_logits, box_regression, _ = c4_head_forward(params, box_feats, resnet_config(cfg))
     detections = postprocess_detections(class_logits, box_regression, proposals, image_sizes, cfg)
 
     det_boxes = [d["boxes"] for d in detections]
@@ -310,7 +301,7 @@ def predict(params, cfg: MaskRCNNConfig, images, *, mask_threshold: float | None
             mask_feats, _ = roi_features_forward(roi_maps, det_boxes, image_sizes, cfg, cfg.mask_pool_size)
         else:
             feats, _ = roi_features_forward(roi_maps, det_boxes, image_sizes, cfg, cfg.box_pool_size)
-            mask_feats, _, _, _ = c4_head.forward(params, feats, resnet_config(cfg))
+            mask_feats, _, _, _ = c4_head_forward(params, feats, resnet_config(cfg))
         mask_logits, _ = mask_head_forward(params, mask_feats, cfg)  # (D, K, M, M)
         probs = mask_probabilities(mask_logits, labels, cfg)  # (D, M, M)
     else:

@@ -22,15 +22,18 @@ from tinymask.layers.pooling import global_avg_pool_backward, global_avg_pool_fo
 STAGE5 = "backbone.body.layer4."
 
 
-def init_predictor_params(in_features: int, num_classes: int, rng, dtype=np.float32) -> dict:
-    """Class scores N(0, 0.01²) and box deltas N(0, 0.001²), zero biases (Detectron / detectron2's init)."""
+def init_c4_head_params(in_features: int, num_classes: int, rng, dtype=np.float32) -> dict:
+    """Class scores N(0, 0.01²) and box deltas N(0, 0.001²), zero biases (Detectron / detectron2's init).
+
+    Stage 5's own weights are the backbone's (`backbone.body.layer4.*`, made by `init_resnet_params`).
+    """
     return {f"{CLS}.weight": (0.01 * rng.standard_normal((num_classes, in_features))).astype(dtype),
             f"{CLS}.bias": np.zeros(num_classes, dtype),
             f"{BBOX}.weight": (0.001 * rng.standard_normal((4 * num_classes, in_features))).astype(dtype),
             f"{BBOX}.bias": np.zeros(4 * num_classes, dtype)}
 
 
-def forward(params, roi_features, resnet_cfg):
+def c4_head_forward(params, roi_features, resnet_cfg):
     """roi_features (R, 1024, 14, 14) -> res5 (R, 2048, 7, 7), class_logits (R, K), box_regression (R, 4K), cache."""
     res5, c_stage = resnet_stage_forward(params, STAGE5, roi_features, resnet_cfg, 5)  # (R, 2048, 7, 7)
     pooled, c_pool = global_avg_pool_forward(res5)  # (R, 2048)
@@ -40,8 +43,8 @@ def forward(params, roi_features, resnet_cfg):
     return res5, logits, regression, cache
 
 
-def backward(dlogits, dregression, dres5_extra, cache):
-    """Reverse of `forward`. `dres5_extra` (R, 2048, 7, 7) is the gradient the mask branch sends to res5's output."""
+def c4_head_backward(dlogits, dregression, dres5_extra, cache):
+    """Reverse of `c4_head_forward`. `dres5_extra` (R, 2048, 7, 7) is the gradient the mask branch sends to res5's output."""
     grads = {}
     dp1, grads[f"{CLS}.weight"], grads[f"{CLS}.bias"] = linear_backward(dlogits, cache["c_cls"])
     dp2, grads[f"{BBOX}.weight"], grads[f"{BBOX}.bias"] = linear_backward(dregression, cache["c_box"])

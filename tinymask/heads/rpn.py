@@ -36,7 +36,7 @@ PREFIX = "rpn.head"
 CONV, CLS, BBOX = f"{PREFIX}.conv.0.0", f"{PREFIX}.cls_logits", f"{PREFIX}.bbox_pred"
 
 
-def init_rpn_params(channels: int, num_anchors: int, rng: np.random.Generator, dtype=np.float32) -> dict:
+def init_rpn_head_params(channels: int, num_anchors: int, rng: np.random.Generator, dtype=np.float32) -> dict:
     """torchvision's RPNHead init: weights ~ N(0, 0.01²), biases 0."""
     shapes = {f"{CONV}.weight": (channels, channels, 3, 3), f"{CLS}.weight": (num_anchors, channels, 1, 1),
               f"{BBOX}.weight": (4 * num_anchors, channels, 1, 1)}
