@@ -1,10 +1,10 @@
 """RoIAlign (Mask R-CNN §3): golden values, torchvision's numbers, a naive loop reference, gradients, edge cases."""
-import math
 
 import numpy as np
 import pytest
 
 from tinymask.gradcheck import check_layer
+from tinymask.layers.roi_align_naive import roi_align_backward_naive, roi_align_forward_naive
 from tinymask.layers.roi_align import (linear_interp_1d, roi_align_backward, roi_align_forward, roi_bins_1d,
                                        sample_coords)
 
@@ -100,54 +100,8 @@ def test_outside_modes_agree_inside_the_map(case):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# A naive reference: torchvision's C++ kernel, one sample at a time with its four corner weights
+# The paper-shaped reference (tinymask/layers/roi_align_naive.py): one sample at a time with its four corner weights
 # ---------------------------------------------------------------------------------------------------------------------
-
-def naive_roi_align(F, rois, oh, ow, scale, sampling_ratio, aligned, mode, outside):
-    N, C, H, W = F.shape
-    out = np.zeros((len(rois), C, oh, ow))
-    for k, (b, x0, y0, x1, y1) in enumerate(rois):
-        off = 0.5 if aligned else 0.0
-        sx, sy, ex, ey = x0 * scale - off, y0 * scale - off, x1 * scale - off, y1 * scale - off
-        rw, rh = ex - sx, ey - sy
-        if not aligned:
-            rw, rh = max(rw, 1.0), max(rh, 1.0)
-        bh, bw = rh / oh, rw / ow
-        gh = sampling_ratio if sampling_ratio > 0 else math.ceil(rh / oh)
-        gw = sampling_ratio if sampling_ratio > 0 else math.ceil(rw / ow)
-        for c in range(C):
-            for p in range(oh):
-                for q in range(ow):
-                    vals = []
-                    for iy in range(gh):
-                        y = sy + p * bh + (iy + 0.5) * bh / gh
-                        for ix in range(gw):
-                            x = sx + q * bw + (ix + 0.5) * bw / gw
-                            if outside == "zero" and (y < -1 or y > H or x < -1 or x > W):
-                                vals.append(0.0)
-                                continue
-                            y, x = max(y, 0.0), max(x, 0.0)
-                            yl, xl = int(y), int(x)
-                            if yl >= H - 1:
-                                yl = yh = H - 1
-                                y = float(yl)
-                            else:
-                                yh = yl + 1
-                            if xl >= W - 1:
-                                xl = xh = W - 1
-                                x = float(xl)
-                            else:
-                                xh = xl + 1
-                            ly, lx = y - yl, x - xl
-                            img = F[int(b), c]
-                            vals.append((1 - ly) * (1 - lx) * img[yl, xl] + (1 - ly) * lx * img[yl, xh]
-                                        + ly * (1 - lx) * img[yh, xl] + ly * lx * img[yh, xh])
-                    if mode == "avg":
-                        out[k, c, p, q] = sum(vals) / max(gh * gw, 1)
-                    else:
-                        out[k, c, p, q] = max(vals) if vals else 0.0
-    return out
-
 
 @pytest.mark.parametrize("mode", ["avg", "max"])
 @pytest.mark.parametrize("outside", ["zero", "edge"])
@@ -165,9 +119,23 @@ def test_matches_naive_four_corner_loop(rng, mode, outside, aligned, sampling_ra
     for scale, size in [(1.0, (3, 2)), (0.5, 2)]:
         out, _ = roi_align_forward(F, rois, output_size=size, spatial_scale=scale, sampling_ratio=sampling_ratio,
                                    aligned=aligned, mode=mode, outside=outside)
-        oh, ow = size if isinstance(size, tuple) else (size, size)
-        ref = naive_roi_align(F, rois, oh, ow, scale, sampling_ratio, aligned, mode, outside)
+        kw = dict(output_size=size, spatial_scale=scale, sampling_ratio=sampling_ratio, aligned=aligned, mode=mode,
+                  outside=outside)
+        ref, ref_cache = roi_align_forward_naive(F, rois, **kw)
         np.testing.assert_allclose(out, ref, rtol=0, atol=1e-12)
+        dout = rng.standard_normal(out.shape)
+        np.testing.assert_allclose(roi_align_backward(dout, roi_align_forward(F, rois, **kw)[1])[0],
+                                   roi_align_backward_naive(dout, ref_cache)[0], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["avg", "max"])
+def test_naive_reference_passes_the_gradient_check(rng, mode):
+    F = rng.permutation(np.arange(2 * 2 * 5 * 6, dtype=np.float64)).reshape(2, 2, 5, 6) / 10  # no ties for max
+    rois = np.array([[0, 0.6, 1.1, 4.4, 3.9], [1, -1.5, 2.2, 3.1, 6.3]])
+    kw = dict(output_size=2, spatial_scale=1.0, sampling_ratio=2, aligned=True, mode=mode)
+    errors = check_layer(roi_align_forward_naive, roi_align_backward_naive, [F, rois], kwargs=kw,
+                         names=["features", "rois"])
+    assert set(errors) == {"features"} and errors["features"] < 1e-7, errors
 
 
 def test_helpers_compile_with_numba_and_agree():

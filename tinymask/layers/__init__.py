@@ -13,6 +13,7 @@ from tinymask.layers.norm import (frozen_batch_norm_backward, frozen_batch_norm_
 from tinymask.layers.pooling import (global_avg_pool_backward, global_avg_pool_forward, max_pool2d_backward,
                                      max_pool2d_forward)
 from tinymask.layers.roi_align import roi_align_backward, roi_align_forward
+from tinymask.layers.roi_align_naive import roi_align_backward_naive, roi_align_forward_naive
 from tinymask.layers.roi_pool import roi_pool_backward, roi_pool_forward
 from tinymask.layers.roi_warp import roi_warp_backward, roi_warp_forward
 from tinymask.layers.upsample import upsample_nearest_backward, upsample_nearest_forward

@@ -37,6 +37,10 @@ gives zeros with adaptive sampling (no sample points) and the value at its corne
 torchvision has no `mode="max"`; ours takes the max over the same samples, where a sample that reads 0 competes with
 the value 0 (as in mmcv's RoIAlign), and a bin without samples gives 0. Ties go to the first sample in row-major order.
 
+**The paper-shaped reference.** `tinymask/layers/roi_align_naive.py` does the same bin by bin and sample by sample,
+with the four corner weights of Fig. 3 written out (`roi_align_forward_naive`, `roi_align_backward_naive`); read it
+first. The tests check this file against it to 1e-12, forward and backward.
+
 **Bilinear interpolation is separable**, and that is how the NumPy code is organised. Reading the map `F` (H, W) at
 `(y, x)` is `a_y(y)ᵀ F a_x(x)`, where the row-weight vector `a_y` has at most two non-zeros (`1 - ly` at `floor(y)`,
 `ly` at `floor(y) + 1`), and likewise `a_x`; the four corner weights `(1-ly)(1-lx), …` are their products, and
