@@ -14,7 +14,7 @@
 # *Paper:* Mask R-CNN §4.2 "Ablation Experiments", Table 2 (a)–(e). · *Docs:* [ablations](../docs/ablations.md)
 # (the full results and what they mean), [RoI extractors](../docs/layers/roi_extractors.md),
 # [heads](../docs/heads.md) · *Code:* [`tinymask/training/ablations.py`](../tinymask/training/ablations.py), the command
-# `tinymask ablate` · *Test:* `tests/test_ablate.py`
+# `tinymask ablate` · *Test:* `tests/test_ablations.py`
 #
 # Table 2 is where the paper shows *why* Mask R-CNN is built as it is: independent per-class sigmoid masks
 # instead of a softmax over classes (b), RoIAlign instead of RoIPool (c, d), a fully convolutional mask head

@@ -1,7 +1,7 @@
 """Using a trained model: load it, run it on image files, save pictures and COCO-format results.
 
 *Paper:* He et al., *Mask R-CNN*, ICCV 2017, §3.1 "Inference" (`tinymask.model.predict` does the work; this module
-is the plumbing around it). · *Code:* `tinymask/evaluation/predict.py` · *Test:* `tests/test_inference.py`
+is the plumbing around it). · *Code:* `tinymask/evaluation/predict.py` · *Test:* `tests/test_predict.py`
 
     params, cfg = load_model(checkpoint_dir="runs/shapes")           # config.json + weights.npz
     params, cfg = load_model(config_path="r50.json", weights_path="maskrcnn_resnet50_fpn_coco.pth")

@@ -1,7 +1,7 @@
 """The paper's Table 2, ours beside it: the tables' rows, the paper's numbers, and the report of an ablation.
 
 *Paper:* He et al., *Mask R-CNN*, ICCV 2017, §4.2 and Table 2 (a)–(e). · *Code:* `tinymask/training/ablation_report.py`
-· *Test:* `tests/test_ablate.py`
+· *Test:* `tests/test_ablations.py`
 
 `TABLES` lists each table's rows (our variant, the paper's mask AP / AP50 / AP75) and the Δ rows the paper discusses.
 `aggregate` turns the runs' results into per-row means ± standard deviations over seeds and Δ rows ± their standard

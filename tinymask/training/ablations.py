@@ -2,7 +2,7 @@
 
 *Paper:* He et al., *Mask R-CNN*, ICCV 2017, §4.2 "Ablation Experiments" and Table 2 (a)–(e), all trained on COCO
 trainval35k and reported as mask AP on minival. · *Code:* `tinymask/training/ablations.py` · *Command:* `tinymask ablate` ·
-*Docs:* `docs/ablations.md` · *Notebook:* `notebooks/12_ablations.ipynb` · *Test:* `tests/test_ablate.py`
+*Docs:* `docs/ablations.md` · *Notebook:* `notebooks/12_ablations.ipynb` · *Test:* `tests/test_ablations.py`
 
     tinymask ablate                      # the quick setting: every table, 2 seeds (about 15 minutes on 2 cores)
     tinymask ablate --setting full       # the setting whose results are in docs/ablations.md

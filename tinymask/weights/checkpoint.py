@@ -1,7 +1,7 @@
 """Checkpoints: the folders a training run writes (weights, optimizer state, config, metadata), and loading a model.
 
 *Paper:* none: plumbing. · *Code:* `tinymask/weights/checkpoint.py` · *Test:* `tests/test_train.py`,
-`tests/test_inference.py`
+`tests/test_predict.py`
 
     params, cfg = load_model(checkpoint_dir="runs/shapes/best")      # config.json + weights.npz
     params, cfg = load_model(config_path="r50.json", weights_path="maskrcnn_resnet50_fpn_coco.pth")
