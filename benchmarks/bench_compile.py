@@ -66,8 +66,8 @@ def calls(dtype):
 
 def child() -> list[dict]:
     start = time.perf_counter()
-    import tinymask.ops.numba_ops
-    rows = [{"call": "import numba and tinymask.ops.numba_ops", "dtype": "", "seconds": time.perf_counter() - start}]
+    import tinymask.ops.numba
+    rows = [{"call": "import numba and tinymask.ops.numba", "dtype": "", "seconds": time.perf_counter() - start}]
     for dtype in DTYPES:
         for name, run in calls(dtype):
             start = time.perf_counter()

@@ -11,7 +11,7 @@ so and exits with status 2, unless --smoke.
 Cases (float32, forward + backward, the inputs of bench_kernels.py: 512 RoIs of 16-112 pixels × 256 channels on an
 FPN P2 map (1, 256, 200, 272), sampling_ratio 2, 7×7 and 14×14):
 
-- **tinymask, on device**: cuda_ops.roi_align_forward_device + roi_align_backward_device on arrays already on the
+- **tinymask, on device**: tinymask.ops.cuda.roi_align.roi_align_forward_device + roi_align_backward_device on arrays on the
   GPU, as a GPU-resident pipeline would call them: the kernels alone, which is how torchvision is timed.
 - **tinymask, layer API**: tinymask.layers.roi_align_forward / _backward with backend="cuda", NumPy arrays in and
   out: every call also copies its inputs to the GPU and the results back (what the model does today).
@@ -55,7 +55,7 @@ def _torchvision(smoke):
 def bench_roi_align(shape, repeat, tv):
     from numba import cuda
 
-    from tinymask.ops import cuda_ops
+    import tinymask.ops.cuda as tm_cuda
 
     rng = np.random.default_rng(0)
     features = rng.standard_normal((1, shape["C"], shape["H"], shape["W"]), dtype=np.float32)
@@ -71,8 +71,8 @@ def bench_roi_align(shape, repeat, tv):
                        f"P2 {shape['H']}x{shape['W']}"}
 
         def on_device():
-            d_out, _ = cuda_ops.roi_align_forward_device(d_features, d_rois, d_batch, *geometry)
-            cuda_ops.roi_align_backward_device(d_dout, None, features.shape, d_rois, d_batch, *geometry)
+            d_out, _ = tm_cuda.roi_align_forward_device(d_features, d_rois, d_batch, *geometry)
+            tm_cuda.roi_align_backward_device(d_dout, None, features.shape, d_rois, d_batch, *geometry)
             cuda.synchronize()
 
         def layer_api():

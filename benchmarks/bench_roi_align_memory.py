@@ -24,7 +24,8 @@ import numba
 import numpy as np
 
 from tinymask.layers import roi_align_backward, roi_align_forward
-from tinymask.ops import numba_ops
+import tinymask.ops.numba.roi_align as nb_roi_align
+from tinymask.ops.numba.roi_align_tables import bin_table, tables as roi_tables
 from bench_conv import best_times  # best of `repeat` interleaved runs after a warm-up
 from bench_kernels import p2_rois, threads as threads_line
 
@@ -42,8 +43,7 @@ def main():
     print(f"{'case':34s}{'layer ms':>12s}{'kernel 1t ms':>14s}{'kernel ' + str(threads) + 't ms':>14s}"
           f"{'fresh pages ms':>16s}")
     for size in (7, 14):
-        tables = numba_ops._tables(numba_ops._bin_table, rois, (size, size), 0.25, 2, False, True, 200, 272,
-                                   np.float32)
+        tables = roi_tables(bin_table, rois, (size, size), 0.25, 2, False, True, 200, 272, np.float32)
         dout = rng.standard_normal((len(rois), 256, size, size), dtype=np.float32)
         out = np.empty((len(rois), 256, size * size), dtype=np.float32)  # allocated once: pages already in memory
         dF = np.empty_like(features)
@@ -54,11 +54,11 @@ def main():
             def run():
                 numba.set_num_threads(n_threads)
                 try:
-                    scratch = numba_ops._block_scratch(features.shape, np.float32)
+                    scratch = nb_roi_align._block_scratch(features.shape, np.float32)
                     if direction == "forward":
-                        numba_ops._roi_align_avg_fwd(features, batch, out, scratch, *tables)
+                        nb_roi_align._roi_align_avg_fwd(features, batch, out, scratch, *tables)
                     else:
-                        numba_ops._roi_align_avg_bwd(dout.reshape(len(rois), 256, -1), dF, batch, scratch, *tables)
+                        nb_roi_align._roi_align_avg_bwd(dout.reshape(len(rois), 256, -1), dF, batch, scratch, *tables)
                 finally:
                     numba.set_num_threads(threads)
             return run

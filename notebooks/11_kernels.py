@@ -15,9 +15,9 @@
 # [convolution](../docs/layers/convolution.md), RoIAlign in [RoI extractors](../docs/layers/roi_extractors.md),
 # NMS in [box logic](../docs/box_logic.md). · *Docs:* [performance](../docs/performance.md) (the design, the
 # compile cache, measured speed) · *Code:* [`tinymask/ops/backend.py`](../tinymask/ops/backend.py),
-# [`tinymask/ops/numpy_ops.py`](../tinymask/ops/numpy_ops.py),
-# [`tinymask/ops/numba_ops.py`](../tinymask/ops/numba_ops.py),
-# [`tinymask/ops/cuda_ops.py`](../tinymask/ops/cuda_ops.py) · *Tests:* `tests/test_backends.py`,
+# [`tinymask/ops/numpy.py`](../tinymask/ops/numpy.py),
+# [`tinymask/ops/numba/`](../tinymask/ops/numba/__init__.py),
+# [`tinymask/ops/cuda/`](../tinymask/ops/cuda/__init__.py) · *Tests:* `tests/test_backends.py`,
 # `tests/test_cuda_sim.py`
 #
 # tinymask is written in NumPy, and the NumPy code is what you read. A few inner routines are loops NumPy runs
@@ -136,10 +136,10 @@ for name in BACKENDS:
 # **Compile time and the cache.** Numba compiles a kernel the first time it is called with new argument types
 # (a new float dtype, say): one to five seconds per kernel, up to about ten for the first RoIAlign, which
 # compiles the shared geometry helpers too. The kernels are declared `@njit(cache=True)`, so the machine code
-# is written to disk (next to `tinymask/ops/numba_ops.py`, or under `NUMBA_CACHE_DIR` if set) and later
-# processes load it in a fraction of a second. The cache is keyed on `numba_ops.py` alone: after editing a
-# helper it calls from another file (RoIAlign's geometry in `tinymask/layers/roi_align.py`, say), empty the
-# cache or touch `numba_ops.py`. CUDA kernels compile on their first launch too. So every timing below is
+# is written to disk (next to the kernel's file under `tinymask/ops/numba/`, or under `NUMBA_CACHE_DIR` if set)
+# and later processes load it in a fraction of a second. The cache is keyed on the file that defines the kernel
+# alone: after editing a helper it calls from another file (RoIAlign's geometry in
+# `tinymask/layers/roi_align.py`, say), empty the cache or touch the kernel files. CUDA kernels compile on their first launch too. So every timing below is
 # taken after a warm-up call.
 #
 # ## 3. The same results at real sizes

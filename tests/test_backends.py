@@ -104,7 +104,7 @@ def _backend_modules():
         import importlib.util
         if importlib.util.find_spec("numba_cuda") is not None:
             import importlib
-            modules.append(importlib.import_module("tinymask.ops.cuda_ops"))
+            modules.append(importlib.import_module("tinymask.ops.cuda"))
     return modules
 
 
@@ -118,13 +118,18 @@ def test_every_backend_defines_every_kernel_with_one_signature():
                 continue  # np.matmul is a ufunc: no Python signature to compare
             params = list(inspect.signature(getattr(module, name)).parameters)
             expected = list(inspect.signature(getattr(reference, name)).parameters)
-            assert params == expected, f"{module.__name__}.{name}{params} differs from numpy_ops {expected}"
+            assert params == expected, f"{module.__name__}.{name}{params} differs from tinymask.ops.numpy {expected}"
     assert [m.NAME for m in modules[:1 + len(CPU_BACKENDS)]] == ["numpy"] + CPU_BACKENDS
-    for module in modules:  # a backend that runs the implicit-GEMM convolution also has its backward
-        assert isinstance(module.IMPLICIT_GEMM_CONV, bool)
-        if module.IMPLICIT_GEMM_CONV:
-            assert list(inspect.signature(module.conv2d_implicit_gemm_backward).parameters) == [
-                "dout", "x_pad", "w", "stride", "dilation"]
+    for module in modules:  # a simple kernel takes the arguments of the tuned kernel it stands beside
+        for name in [n for n in dir(module) if n.endswith("_simple")]:
+            tuned = name[:-len("_simple")]
+            assert tuned in KERNELS, f"{module.__name__}.{name}: no kernel {tuned} to stand beside"
+            assert (list(inspect.signature(getattr(module, name)).parameters)
+                    == list(inspect.signature(getattr(module, tuned)).parameters)), f"{module.__name__}.{name}"
+    simple = {"numba": ["roi_align_backward_simple", "roi_align_forward_simple"],
+              "cuda": ["conv2d_backward_simple", "conv2d_forward_simple", "matmul_simple"]}
+    for module in modules[1:]:
+        assert sorted(n for n in dir(module) if n.endswith("_simple")) == simple[module.NAME]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -169,20 +174,27 @@ def test_conv_transpose2d(dtype, x_shape, w_shape, stride, padding, output_paddi
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_im2col_col2im_and_implicit_gemm_kernels(dtype):
-    # The kernels on their own, including a non-contiguous input, which the wrappers must accept.
+def test_im2col_col2im_and_conv_kernels(dtype):
+    # The kernels on their own, including a non-contiguous input, which the wrappers must accept. On the CPU
+    # backends conv2d_forward / _backward are the reference's im2col + GEMM steps: the same numbers, bit for bit.
     rng = np.random.default_rng(3)
     x_pad = rng.standard_normal((2, 3, 10, 9)).astype(dtype)[:, :, ::-1]  # a negative-stride view
     w = rng.standard_normal((4, 3, 3, 2)).astype(dtype)
+    dout = rng.standard_normal((2, 4, 4, 7)).astype(dtype)
     ref = get_ops("numpy")
+    expected, ref_saved = ref.conv2d_forward(x_pad, w, (2, 1), (1, 2))
+    dx_ref, dw_ref = ref.conv2d_backward(dout, ref_saved, w, (2, 1), (1, 2))
     for name in CPU_BACKENDS:
         ops = get_ops(name)
         cols = ops.im2col(x_pad, (3, 2), (2, 1), (1, 2))
         assert_close(cols, ref.im2col(x_pad, (3, 2), (2, 1), (1, 2)), f"{name} im2col")
         assert_close(ops.col2im(cols, x_pad.shape, (3, 2), (2, 1), (1, 2), (4, 7)),
                      ref.col2im(cols, x_pad.shape, (3, 2), (2, 1), (1, 2), (4, 7)), f"{name} col2im")
-        assert_close(ops.conv2d_implicit_gemm(x_pad, w, (2, 1), (1, 2)),
-                     ref.conv2d_implicit_gemm(x_pad, w, (2, 1), (1, 2)), f"{name} implicit GEMM")
+        out, saved = ops.conv2d_forward(x_pad, w, (2, 1), (1, 2))
+        dx_pad, dw = ops.conv2d_backward(dout, saved, w, (2, 1), (1, 2))
+        for got, want, what in ((out, expected, "forward"), (dx_pad, dx_ref, "dx_pad"), (dw, dw_ref, "dw")):
+            assert_close(got, want, f"{name} conv2d {what}")
+            np.testing.assert_array_equal(got, want, err_msg=f"{name} conv2d {what}: not bit for bit")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -236,11 +248,63 @@ def test_roi_align_avg_over_several_channel_blocks(dtype):
     # one, on two images, large enough to run on every thread.
     # Their per-thread scratch buffer is kept between calls: a larger map, a smaller one with fewer channels (whose
     # last block is narrower than the buffer), then the larger again, must each give the reference's numbers.
-    from tinymask.ops.numba_ops import CHANNEL_BLOCK
+    from tinymask.ops.numba.roi_align import CHANNEL_BLOCK
     rois = np.concatenate([ROIS, ROIS[::-1] + [0, 1.5, 0.5, 1.5, 0.5]])
     for shape in [(2, 2 * CHANNEL_BLOCK + 6, 12, 15), (2, CHANNEL_BLOCK + 3, 9, 10), (2, 2 * CHANNEL_BLOCK + 6, 12, 15)]:
         check_backends(roi_align_forward, roi_align_backward, (roi_features(dtype, "avg", shape), rois),
                        dict(output_size=7, spatial_scale=0.8, sampling_ratio=2, aligned=False))
+
+
+def roi_kernel_args(features, rois, output_size, spatial_scale, sampling_ratio=-1, aligned=False, mode="avg",
+                    outside="zero"):
+    """The arguments after `features` that roi_align_forward hands a backend's RoIAlign kernel."""
+    from tinymask.layers.roi_align import check_roi_inputs
+    rois, batch, size = check_roi_inputs(features, rois, output_size, spatial_scale)
+    return rois, batch, size, spatial_scale, sampling_ratio, aligned, mode, outside == "zero"
+
+
+def check_roi_align_kernels(ops, forward, backward, features, geometry, what, seed=0):
+    """A backend's RoIAlign kernel pair (`ops.<forward>`, `ops.<backward>`) against the NumPy reference's, on one
+    case; also runs the backend's tuned backward on this pair's `saved`, which must be interchangeable."""
+    ref = get_ops("numpy")
+    expected, ref_saved = ref.roi_align_forward(features, *geometry)
+    dout = np.random.default_rng(seed).standard_normal(expected.shape).astype(features.dtype)
+    dF_ref = ref.roi_align_backward(dout, ref_saved, features.shape, *geometry)
+    out, saved = getattr(ops, forward)(features, *geometry)
+    assert_close(out, expected, f"{what}: {forward}")
+    assert_close(getattr(ops, backward)(dout, saved, features.shape, *geometry), dF_ref, f"{what}: {backward}")
+    assert_close(ops.roi_align_backward(dout, saved, features.shape, *geometry), dF_ref, f"{what}: saved swapped")
+
+
+@pytest.mark.skipif(not CPU_BACKENDS, reason="numba not installed")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", ["avg", "max"])
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [-1, 2])
+@pytest.mark.parametrize("outside", ["zero", "edge"])
+def test_numba_roi_align_simple_kernels(dtype, mode, aligned, sampling_ratio, outside):
+    # The simple kernels (each output element from its bin's bilinear samples; the backward split over feature
+    # planes) against the NumPy reference: the RoIs of test_roi_align (past the map's edges, zero-sized, a point,
+    # outside) and the same shifted, on a small map and on one of two full channel blocks and a narrower third.
+    from tinymask.ops.numba.roi_align import CHANNEL_BLOCK
+    nb = get_ops("numba")
+    rois = np.concatenate([ROIS, ROIS[::-1] + [0, 1.5, 0.5, 1.5, 0.5]])
+    for shape in [(2, 3, 8, 11), (2, 2 * CHANNEL_BLOCK + 6, 12, 15)]:
+        F = roi_features(dtype, mode, shape)
+        geometry = roi_kernel_args(F, rois, (3, 4), 0.8, sampling_ratio, aligned, mode, outside)
+        check_roi_align_kernels(nb, "roi_align_forward_simple", "roi_align_backward_simple", F, geometry,
+                                f"numba simple, {shape}")
+
+
+@pytest.mark.skipif(not CPU_BACKENDS, reason="numba not installed")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_numba_roi_align_simple_kernels_mask_head_size_and_no_rois(dtype):
+    nb = get_ops("numba")
+    F = roi_features(dtype, "avg", (2, 4, 20, 24))
+    geometry = roi_kernel_args(F, ROIS * [1, 2, 2, 2, 2], 14, 0.5, 2, aligned=True)
+    check_roi_align_kernels(nb, "roi_align_forward_simple", "roi_align_backward_simple", F, geometry, "14x14")
+    geometry = roi_kernel_args(F, np.zeros((0, 5)), 7, 0.25)
+    check_roi_align_kernels(nb, "roi_align_forward_simple", "roi_align_backward_simple", F, geometry, "no RoIs")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -1,4 +1,4 @@
-"""The CUDA kernels (tinymask/ops/cuda_ops.py) against the NumPy reference, with or without a GPU.
+"""The CUDA kernels (tinymask/ops/cuda/) against the NumPy reference, with or without a GPU.
 
 Two kinds of test, each skipped where it cannot run:
 
@@ -107,41 +107,43 @@ def test_conv_transpose2d(dtype):
 
 @kernels_run
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_tiled_gemm_and_implicit_gemm(dtype):
-    # Sizes that are not multiples of the 16×16 tile, a batch broadcast against a 2-D operand, an empty K.
+@pytest.mark.parametrize("matmul", ["matmul_simple", "matmul"])
+def test_simple_and_tiled_gemm(dtype, matmul):
+    # The simple GEMM (one thread per output element) and the tiled one, against np.matmul: sizes that are not
+    # multiples of the 16×16 tile, a batch broadcast against a 2-D operand, transposed views, an empty K.
     rng = np.random.default_rng(3)
-    cu, ref = get_ops("cuda"), get_ops("numpy")
+    mm = getattr(get_ops("cuda"), matmul)
     a, b = rng.standard_normal((2, 17, 20)).astype(dtype), rng.standard_normal((20, 3)).astype(dtype)
-    assert_close(cu.matmul(a, b), np.matmul(a, b), "batched @ 2-D")
-    assert_close(cu.matmul(b.T, a.transpose(0, 2, 1)), np.matmul(b.T, a.transpose(0, 2, 1)), "2-D @ batched views")
-    assert_close(cu.matmul(a[0], b), np.matmul(a[0], b), "2-D @ 2-D")
-    assert_close(cu.matmul(a[:, :, :0], b[:0]), np.matmul(a[:, :, :0], b[:0]), "K = 0")
-    x_pad = rng.standard_normal((1, 3, 7, 6)).astype(dtype)  # 3·3·2 = 18 rows of cols: two tiles along K
-    w = rng.standard_normal((5, 3, 3, 2)).astype(dtype)
-    for stride, dilation in [((1, 1), (1, 1)), ((2, 1), (1, 2))]:
-        assert_close(cu.conv2d_implicit_gemm(x_pad, w, stride, dilation),
-                     ref.conv2d_implicit_gemm(x_pad, w, stride, dilation), f"implicit GEMM {stride} {dilation}")
+    assert_close(mm(a, b), np.matmul(a, b), "batched @ 2-D")
+    assert_close(mm(b.T, a.transpose(0, 2, 1)), np.matmul(b.T, a.transpose(0, 2, 1)), "2-D @ batched views")
+    assert_close(mm(a[0], b), np.matmul(a[0], b), "2-D @ 2-D")
+    assert_close(mm(a[:, :, :0], b[:0]), np.matmul(a[:, :, :0], b[:0]), "K = 0")
+    assert_close(mm(a, a.transpose(0, 2, 1)), np.matmul(a, a.transpose(0, 2, 1)), "batched @ batched")
 
 
 @kernels_run
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_implicit_gemm_backward(dtype):
-    # dW and dx of the implicit-GEMM convolution against the reference's explicit ones (im2col, two GEMMs, col2im):
-    # two images, sizes off the 16×16 tile, stride and dilation that leave some input pixels in no window.
-    from tinymask.layers.conv import conv2d_backward as layer_backward
+@pytest.mark.parametrize("pair", ["simple", "implicit GEMM"])
+def test_conv_kernels(dtype, pair):
+    # The convolution's two kernel pairs, the simple one (im2col, the simple GEMM, col2im) and the implicit GEMM
+    # (what the backend runs), against the reference's conv2d_forward / _backward: two images, 3·3·2 = 18 rows of
+    # cols (two tiles along K), sizes off the 16×16 tile, stride and dilation that leave some input pixels in no window.
     rng = np.random.default_rng(5)
-    cu = get_ops("cuda")
-    assert cu.IMPLICIT_GEMM_CONV
+    cu, ref = get_ops("cuda"), get_ops("numpy")
+    forward, backward = ((cu.conv2d_forward_simple, cu.conv2d_backward_simple) if pair == "simple"
+                         else (cu.conv2d_forward, cu.conv2d_backward))
     x_pad = rng.standard_normal((2, 3, 8, 7)).astype(dtype)
     w = rng.standard_normal((5, 3, 3, 2)).astype(dtype)
     for stride, dilation in [((1, 1), (1, 1)), ((2, 1), (1, 2)), ((3, 2), (2, 1))]:
-        out, cache = conv2d_forward(x_pad, w, stride=stride, dilation=dilation, backend="numpy")
-        dout = rng.standard_normal(out.shape).astype(dtype)
-        dx_ref, dw_ref, _ = layer_backward(dout, cache)
-        dx_pad, dw = cu.conv2d_implicit_gemm_backward(dout, x_pad, w, stride, dilation)
-        assert dx_pad.dtype == dw.dtype == dtype
-        assert_close(dx_pad, dx_ref, f"implicit GEMM dx {stride} {dilation}")
-        assert_close(dw, dw_ref, f"implicit GEMM dW {stride} {dilation}")
+        expected, ref_saved = ref.conv2d_forward(x_pad, w, stride, dilation)
+        dout = rng.standard_normal(expected.shape).astype(dtype)
+        dx_ref, dw_ref = ref.conv2d_backward(dout, ref_saved, w, stride, dilation)
+        out, saved = forward(x_pad, w, stride, dilation)
+        dx_pad, dw = backward(dout, saved, w, stride, dilation)
+        assert out.dtype == dx_pad.dtype == dw.dtype == dtype
+        assert_close(out, expected, f"{pair} forward {stride} {dilation}")
+        assert_close(dx_pad, dx_ref, f"{pair} dx {stride} {dilation}")
+        assert_close(dw, dw_ref, f"{pair} dW {stride} {dilation}")
 
 
 @kernels_run
@@ -281,7 +283,7 @@ def test_kernels_compile_to_ptx(monkeypatch):
     from numba import cuda
     from numba import types as T
 
-    from tinymask.ops import cuda_ops as co
+    from tinymask.ops.cuda import convolution, device, gemm, masks_and_nms, roi_align, roi_pool
 
     # Device functions are compiled for "the current device"; there is none here, so name one: sm_80.
     monkeypatch.setattr(numba.cuda.dispatcher, "get_current_device",
@@ -293,25 +295,26 @@ def test_kernels_compile_to_ptx(monkeypatch):
     i64, b1 = T.int64, T.boolean
     for ft in (T.float32, T.float64):
         signatures = [
-            (co._im2col_kernel, (arr(ft, 4), arr(ft, 3)) + (i64,) * 7),
-            (co._col2im_kernel, (arr(ft, 3), arr(ft, 4)) + (i64,) * 8),
-            (co._make_gemm(ft), (arr(ft, 3),) * 3),
-            (co._make_implicit_gemm_conv(ft), (arr(ft, 4), arr(ft, 2), arr(ft, 4)) + (i64,) * 7),
-            (co._make_implicit_gemm_conv_dw(ft), (arr(ft, 4), arr(ft, 4), arr(ft, 2)) + (i64,) * 6),
-            (co._make_implicit_gemm_conv_dx(ft), (arr(ft, 4), arr(ft, 2), arr(ft, 4)) + (i64,) * 6),
-            (co._roi_align_fwd_kernel,
+            (convolution._im2col_kernel, (arr(ft, 4), arr(ft, 3)) + (i64,) * 7),
+            (convolution._col2im_kernel, (arr(ft, 3), arr(ft, 4)) + (i64,) * 8),
+            (gemm._gemm_simple_kernel, (arr(ft, 3),) * 3),
+            (gemm._make_tiled_gemm(ft), (arr(ft, 3),) * 3),
+            (convolution._make_implicit_gemm_conv(ft), (arr(ft, 4), arr(ft, 2), arr(ft, 4)) + (i64,) * 7),
+            (convolution._make_implicit_gemm_conv_dw(ft), (arr(ft, 4), arr(ft, 4), arr(ft, 2)) + (i64,) * 6),
+            (convolution._make_implicit_gemm_conv_dx(ft), (arr(ft, 4), arr(ft, 2), arr(ft, 4)) + (i64,) * 6),
+            (roi_align._roi_align_fwd_kernel,
              (arr(ft, 4), arr(T.float64, 2), arr(i64, 1), T.float64, i64, b1, b1, b1, arr(ft, 4), arr(T.int32, 4))),
-            (co._roi_align_bwd_kernel,
+            (roi_align._roi_align_bwd_kernel,
              (arr(ft, 4), arr(T.float64, 2), arr(i64, 1), T.float64, i64, b1, b1, b1, arr(T.int32, 4), arr(ft, 4))),
-            (co._roi_pool_fwd_kernel, (arr(ft, 4), arr(i64, 1), arr(i64, 2), arr(ft, 4), arr(i64, 4))),
-            (co._roi_pool_bwd_kernel, (arr(ft, 4), arr(i64, 4), arr(i64, 1), arr(ft, 3))),
-            (co._fill_kernel, (arr(ft, 1), ft)),
-            (co._paste_kernel, (arr(ft, 3), arr(i64, 2), arr(ft, 3))),
-            (co._nms_mask_kernel, (arr(ft, 2), arr(ft, 1), ft, ft, arr(T.uint64, 2))),
+            (roi_pool._roi_pool_fwd_kernel, (arr(ft, 4), arr(i64, 1), arr(i64, 2), arr(ft, 4), arr(i64, 4))),
+            (roi_pool._roi_pool_bwd_kernel, (arr(ft, 4), arr(i64, 4), arr(i64, 1), arr(ft, 3))),
+            (device._fill_kernel, (arr(ft, 1), ft)),
+            (masks_and_nms._paste_kernel, (arr(ft, 3), arr(i64, 2), arr(ft, 3))),
+            (masks_and_nms._nms_mask_kernel, (arr(ft, 2), arr(ft, 1), ft, ft, arr(T.uint64, 2))),
         ]
-        signatures.append((co._fill_kernel, (arr(T.int32, 1), i64)))  # the RoIAlign argmax: -1
+        signatures.append((device._fill_kernel, (arr(T.int32, 1), i64)))  # the RoIAlign argmax: -1
         for kernel, signature in signatures:
             ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=(8, 0))
             assert ".entry" in ptx, kernel.py_func.__name__
-            if kernel is co._nms_mask_kernel:  # no fused multiply-add: IoUs round exactly as on the CPU
+            if kernel is masks_and_nms._nms_mask_kernel:  # no fused multiply-add: IoUs round exactly as on the CPU
                 assert "fma" not in ptx

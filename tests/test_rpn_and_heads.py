@@ -6,8 +6,8 @@ from tinymask.config import MaskRCNNConfig
 from tinymask.gradcheck import check_layer
 from tinymask.heads.mask_head import mask_loss, mask_probabilities
 from tinymask.heads.box_head import box_loss, postprocess_detections, select_training_rois
-from tinymask.heads.rpn import (flatten_head_outputs, init_rpn_head_params, rpn_head_backward, rpn_head_forward, rpn_loss,
-                                rpn_proposals, rpn_targets, unflatten_head_grads)
+from tinymask.heads.rpn import (flatten_head_outputs, init_rpn_head_params, rpn_head_backward, rpn_head_forward,
+                                rpn_loss, rpn_proposals, rpn_targets, unflatten_head_grads)
 
 
 def small_cfg(**kw):

@@ -30,13 +30,13 @@ from tinymask.box_logic.anchors import anchors_for_image
 from tinymask.box_logic.levels import infer_scale
 from tinymask.box_logic.resize import check_targets, postprocess, preprocess, preprocess_targets
 from tinymask.config import MaskRCNNConfig
-from tinymask.heads.c4_head import c4_head_backward, c4_head_forward, init_c4_head_params
 from tinymask.heads.box_head import (box_head_backward, box_head_forward, box_loss, init_box_head_params,
                                      postprocess_detections, select_training_rois)
+from tinymask.heads.c4_head import c4_head_backward, c4_head_forward, init_c4_head_params
 from tinymask.heads.mask_head import (init_mask_head_params, mask_head_backward, mask_head_forward, mask_loss,
                                       mask_probabilities, mask_targets)
-from tinymask.heads.rpn import (flatten_head_outputs, init_rpn_head_params, rpn_head_backward, rpn_head_forward, rpn_loss,
-                                rpn_proposals, rpn_targets, unflatten_head_grads)
+from tinymask.heads.rpn import (flatten_head_outputs, init_rpn_head_params, rpn_head_backward, rpn_head_forward,
+                                rpn_loss, rpn_proposals, rpn_targets, unflatten_head_grads)
 from tinymask.layers.multiscale_roi import multiscale_roi_backward, multiscale_roi_forward
 from tinymask.layers.named import accumulate_grads
 

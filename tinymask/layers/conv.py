@@ -16,13 +16,21 @@ one signature:
 Backward (derivation in docs/layers/convolution.md): with `cols` the im2col matrix and `W` the filters as rows,
 `out = W @ cols + b`, so `dW = Σ_n dout_n @ cols_nᵀ`, `db = Σ dout`, and `dcols = Wᵀ @ dout`, which col2im adds back
 onto the input windows.
+
+**Backends.** The public pair validates, pads, adds the bias and crops the padding's gradient; the products in
+between are one backend call, `get_ops(backend).conv2d_forward(x_pad, w, stride, dilation) -> (out, saved)` and
+`.conv2d_backward(dout, saved, w, stride, dilation) -> (dx_pad, dw)`, and the layer does not know how a backend
+computes them. On "numpy" they are `conv2d_forward_numpy` / `conv2d_backward_numpy` at the end of this file: im2col
+and the products above, the reference. "numba" runs the same steps with compiled im2col / col2im
+(tinymask/ops/numba/convolution.py); "cuda" runs an implicit GEMM that never stores `cols`, keeping the padded input
+instead (tinymask/ops/cuda/convolution.py). Which algorithm a backend uses is its own choice, made in its file.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from tinymask._validate import as_pair, check_float_array, check_same_dtype
-from tinymask.layers.im2col import conv_output_size
+from tinymask.layers.im2col import col2im, conv_output_size, im2col
 from tinymask.ops import get_ops
 
 
@@ -103,56 +111,66 @@ def conv2d_backward_naive(dout, cache):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Fast: im2col + one matrix product (GEMM) per image.
+# Fast: im2col + one matrix product (GEMM) per image, run by the selected backend (the NumPy steps: end of file).
 # ---------------------------------------------------------------------------------------------------------------
 
 def conv2d_forward(x, w, b=None, *, stride=1, padding=0, dilation=1, backend=None):
     """2-D convolution. x: (N, C, H, W), w: (F, C, kH, kW), b: (F,) or None -> out (N, F, Ho, Wo), cache.
 
-    The cache keeps the im2col matrix `cols` (N, C·kH·kW, Ho·Wo): the backward needs it for dW, and keeping it turns
-    the backward into two matrix products at the price of holding kH·kW copies of the input until then.
-    backend: where im2col, col2im and the matrix products run ("numpy", "numba", "cuda"; default the selected one,
-    tinymask/ops/backend.py); the NumPy versions are `im2col.py`'s. The backward runs on the forward's backend.
-    On a backend with `IMPLICIT_GEMM_CONV` (CUDA) the product and the gather are one kernel that never stores `cols`
-    (an implicit GEMM, tinymask/ops/cuda_ops.py); the cache keeps the padded input instead, and the backward is two
-    more implicit GEMMs. The maths is the same.
+    On the reference backend the cache keeps the im2col matrix `cols` (N, C·kH·kW, Ho·Wo): the backward needs it for
+    dW, and keeping it turns the backward into two matrix products at the price of holding kH·kW copies of the input
+    until then. backend: where the products and the gathers run ("numpy", "numba", "cuda"; default the selected one,
+    tinymask/ops/backend.py); each backend keeps what its own backward needs (the CUDA one keeps the padded input, not
+    `cols`). The backward runs on the forward's backend. The maths is the same on every backend.
     """
     stride, padding, dilation = _check_conv_args(x, w, b, stride, padding, dilation)
-    N, C, H, W = x.shape
-    F, _, kh, kw = w.shape
-    Ho = conv_output_size(H, kh, stride[0], padding[0], dilation[0])
-    Wo = conv_output_size(W, kw, stride[1], padding[1], dilation[1])
-    ops = get_ops(backend)  # im2col and matmul of the selected backend (tinymask/ops/)
+    ops = get_ops(backend)  # conv2d_forward_numpy below, or a compiled backend's (tinymask/ops/)
     x_pad = _pad(x, padding)  # (N, C, H + 2ph, W + 2pw)
-    if ops.IMPLICIT_GEMM_CONV:
-        saved = x_pad
-        out = ops.conv2d_implicit_gemm(x_pad, w, stride, dilation).reshape(N, F, Ho * Wo)  # W @ cols, cols unstored
-    else:
-        saved = cols = ops.im2col(x_pad, (kh, kw), stride, dilation)  # (N, C·kH·kW, Ho·Wo)
-        w_rows = w.reshape(F, C * kh * kw)  # (F, C·kH·kW)
-        out = ops.matmul(w_rows, cols)  # (N, F, Ho·Wo): out_n = W @ cols_n
+    out, saved = ops.conv2d_forward(x_pad, w, stride, dilation)  # (N, F, Ho, Wo): out_n = W @ cols_n
     if b is not None:
-        out += b[:, None]
-    out = out.reshape(N, F, Ho, Wo)
+        out += b[:, None, None]
     return out, (x.shape, w, b is not None, saved, stride, padding, dilation, ops.NAME)
 
 
 def conv2d_backward(dout, cache):
     """Gradients of a convolution: (dx (N, C, H, W), dw (F, C, kH, kW), db (F,) or None)."""
     x_shape, w, has_bias, saved, stride, padding, dilation, backend = cache
-    ops = get_ops(backend)  # the forward's backend
     N, C, H, W = x_shape
-    F, _, kh, kw = w.shape
-    Ho, Wo = dout.shape[2:]
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None  # db = Σ_{n,y,x} dout
+    dx_pad, dw = get_ops(backend).conv2d_backward(dout, saved, w, stride, dilation)  # the forward's backend
     ph, pw = padding
-    if ops.IMPLICIT_GEMM_CONV:  # saved is x_pad: the two products below, each with cols gathered on the fly
-        dx_pad, dw = ops.conv2d_implicit_gemm_backward(dout, saved, w, stride, dilation)
-    else:
-        cols = saved  # (N, C·kH·kW, Ho·Wo)
-        dout_rows = dout.reshape(N, F, Ho * Wo)  # (N, F, Ho·Wo)
-        dw = ops.matmul(dout_rows, cols.transpose(0, 2, 1)).sum(axis=0).reshape(w.shape)  # dW = Σ_n dout_n @ cols_nᵀ
-        dcols = ops.matmul(w.reshape(F, C * kh * kw).T, dout_rows)  # (N, C·kH·kW, Ho·Wo): dcols = Wᵀ @ dout
-        dx_pad = ops.col2im(dcols, (N, C, H + 2 * ph, W + 2 * pw), (kh, kw), stride, dilation, (Ho, Wo))
     dx = dx_pad[:, :, ph:ph + H, pw:pw + W]  # drop the padding's gradient: (N, C, H, W)
     return np.ascontiguousarray(dx), dw, db
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The NumPy kernels (the "numpy" backend, tinymask/ops/numpy.py): the reference the compiled kernels must match
+# ---------------------------------------------------------------------------------------------------------------
+
+def conv2d_forward_numpy(x_pad, w, stride, dilation):
+    """Convolution of an already padded input as im2col + one GEMM per image.
+
+    x_pad (N, C, Hp, Wp), w (F, C, kH, kW), stride and dilation (height, width) pairs -> out (N, F, Ho, Wo) and
+    saved = (cols (N, C·kH·kW, Ho·Wo), x_pad.shape), what conv2d_backward_numpy needs.
+    """
+    N, C, Hp, Wp = x_pad.shape
+    F, _, kh, kw = w.shape
+    Ho = conv_output_size(Hp, kh, stride[0], 0, dilation[0])
+    Wo = conv_output_size(Wp, kw, stride[1], 0, dilation[1])
+    cols = im2col(x_pad, (kh, kw), stride, dilation)  # (N, C·kH·kW, Ho·Wo)
+    w_rows = w.reshape(F, C * kh * kw)  # (F, C·kH·kW)
+    out = np.matmul(w_rows, cols)  # (N, F, Ho·Wo): out_n = W @ cols_n
+    return out.reshape(N, F, Ho, Wo), (cols, x_pad.shape)
+
+
+def conv2d_backward_numpy(dout, saved, w, stride, dilation):
+    """dout (N, F, Ho, Wo) and the forward's `saved` -> dx_pad (N, C, Hp, Wp), dw (F, C, kH, kW): two GEMMs and
+    col2im."""
+    cols, padded_shape = saved  # (N, C·kH·kW, Ho·Wo), (N, C, Hp, Wp)
+    N, F, Ho, Wo = dout.shape
+    _, C, kh, kw = w.shape
+    dout_rows = dout.reshape(N, F, Ho * Wo)  # (N, F, Ho·Wo)
+    dw = np.matmul(dout_rows, cols.transpose(0, 2, 1)).sum(axis=0).reshape(w.shape)  # dW = Σ_n dout_n @ cols_nᵀ
+    dcols = np.matmul(w.reshape(F, C * kh * kw).T, dout_rows)  # (N, C·kH·kW, Ho·Wo): dcols = Wᵀ @ dout
+    dx_pad = col2im(dcols, padded_shape, (kh, kw), stride, dilation, (Ho, Wo))  # (N, C, Hp, Wp)
+    return dx_pad, dw

@@ -66,9 +66,10 @@ matrices would be cheap too; keeping them means the backward is two matrix produ
 
 **Backends.** `roi_align_forward_numpy` / `roi_align_backward_numpy` at the end of this file are the code described
 above; the public pair validates its inputs and hands them to the selected backend (tinymask/ops/backend.py). The compiled
-kernels use the same scalar helpers: Numba computes the same `A_y F A_xᵀ` with the feature map channels last
-(tinymask/ops/numba_ops.py), CUDA samples point by point (tinymask/ops/cuda_ops.py), and both keep only each bin's
-winning sample for the max backward and recompute the geometry (docs/performance.md).
+kernels use the same scalar helpers: Numba's tuned kernel computes the same `A_y F A_xᵀ` with the feature map
+channels last, next to a simple kernel that samples point by point (tinymask/ops/numba/roi_align.py); CUDA samples
+point by point (tinymask/ops/cuda/roi_align.py); both keep only each bin's winning sample for the max backward and
+recompute the geometry (docs/performance.md).
 
 The scalar maths (`roi_bins_1d`, `sample_coords`, `linear_interp_1d`) are plain functions, written once: the NumPy
 code calls them on arrays, and a Numba kernel can call them on scalars (`numba.njit(linear_interp_1d)` compiles
@@ -254,7 +255,7 @@ def roi_align_backward(dout, cache):
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# The NumPy kernels (the "numpy" backend, tinymask/ops/numpy_ops.py): the reference the compiled kernels must match
+# The NumPy kernels (the "numpy" backend, tinymask/ops/numpy.py): the reference the compiled kernels must match
 # --------------------------------------------------------------------------------------------------------------------
 
 def roi_align_forward_numpy(features, rois, batch, output_size, spatial_scale, sampling_ratio, aligned, mode,

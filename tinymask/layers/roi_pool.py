@@ -66,7 +66,7 @@ def roi_pool_backward(dout, cache):
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# The NumPy kernels (the "numpy" backend, tinymask/ops/numpy_ops.py): the reference the compiled kernels must match
+# The NumPy kernels (the "numpy" backend, tinymask/ops/numpy.py): the reference the compiled kernels must match
 # --------------------------------------------------------------------------------------------------------------------
 
 def roi_pool_forward_numpy(features, rois, batch, output_size, spatial_scale):

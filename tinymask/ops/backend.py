@@ -3,14 +3,15 @@
 Every layer is written once, in NumPy, and that NumPy code is the reference a reader follows. A few inner routines
 are loops that NumPy runs slowly or in many small pieces (the convolution's im2col / col2im gather and scatter,
 RoIAlign's bilinear sampling and its scatter-add backward, RoIPool, mask pasting, NMS). Those routines, and only
-those, have compiled twins in `tinymask/ops/`: one module per backend, each defining the same functions with the same
-signatures (the layout of tinygrad's early `ops_cpu.py` / `ops_gpu.py`). This file decides which module a layer gets.
+those, have compiled twins in `tinymask/ops/`: one module (or package, one file per op) per backend, each defining the
+same functions with the same signatures (the layout of tinygrad's early `ops_cpu.py` / `ops_gpu.py`). This file
+decides which one a layer gets.
 
-    backend      module                     what runs
+    backend      kernels                    what runs
     ---------    -----------------------    ----------------------------------------------------------------
-    "numpy"      tinymask/ops/numpy_ops.py  the reference: the layer files' own NumPy code (always available)
-    "numba"      tinymask/ops/numba_ops.py  CPU kernels, `@njit(cache=True)`, `prange` over disjoint writes
-    "cuda"       tinymask/ops/cuda_ops.py   GPU kernels (numba-cuda); NumPy arrays in and out, copied per call
+    "numpy"      tinymask/ops/numpy.py      the reference: the layer files' own NumPy code (always available)
+    "numba"      tinymask/ops/numba/        CPU kernels, `@njit(cache=True)`, `prange` over disjoint writes
+    "cuda"       tinymask/ops/cuda/         GPU kernels (numba-cuda); NumPy arrays in and out, copied per call
 
 Choosing a backend, from the most specific to the least:
 
