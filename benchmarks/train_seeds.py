@@ -104,7 +104,7 @@ def spike_stats(steps: list) -> dict:
 def run_one(name: str, seed: int, overrides: dict, ablate_setting: str = "quick", num_train: int | None = None) -> dict:
     """Train one recipe with one seed in a temporary folder; the result as a dict (see the module docstring)."""
     from tinymask.training.loop import train
-    from tinymask.training.recipe import TrainingDiverged
+    from tinymask.training.divergence import TrainingDiverged
 
     cfg, recipe, train_set = build(name, seed, overrides, ablate_setting, num_train)
     start = time.perf_counter()

@@ -32,7 +32,7 @@ def make_checkpoint(folder, cfg, seed=1, extra=None):
 
 def test_load_checkpoint_dir_ignores_optimizer_state(tmp_path):
     cfg = tiny_config()
-    saved = make_checkpoint(tmp_path / "ckpt", cfg, extra={"optimizer.momentum.backbone.body.conv1.weight":
+    saved = make_checkpoint(tmp_path / "ckpt", cfg, extra={"optimizer.velocity.backbone.body.conv1.weight":
                                                            np.ones(3, np.float32)})
     params, loaded_cfg = load_model(tmp_path / "ckpt")
     assert loaded_cfg == cfg
@@ -40,6 +40,22 @@ def test_load_checkpoint_dir_ignores_optimizer_state(tmp_path):
     for name in saved:
         assert params[name].dtype == saved[name].dtype
         np.testing.assert_array_equal(params[name], saved[name])
+
+
+def test_an_npz_entry_the_model_lacks_is_refused_by_every_loader(tmp_path, capsys):
+    """Issue: the same .npz with an extra entry was silently dropped by load_model (predict) but refused by eval."""
+    cfg = tiny_config()
+    make_checkpoint(tmp_path / "ckpt", cfg, extra={"backbone.body.conv9.weight": np.ones(3, np.float32)})
+    with pytest.raises(ParamsMismatchError, match=r"1 unexpected(.|\n)*backbone.body.conv9.weight"):
+        load_model(tmp_path / "ckpt")
+    from tinymask.cli import main
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "x.png")
+    for command in (["eval", "--checkpoint", str(tmp_path / "ckpt")],
+                    ["predict", str(tmp_path / "x.png"), "--checkpoint", str(tmp_path / "ckpt"), "--out",
+                     str(tmp_path / "out")]):
+        assert main(command) == 1
+        assert "1 unexpected" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_load_config_plus_npz(tmp_path):

@@ -9,7 +9,8 @@ from tinymask.config import MaskRCNNConfig
 from tinymask.data.shapes import ShapesDataset
 from tinymask.training.batches import batch_for_iteration, load_batch
 from tinymask.training.loop import train
-from tinymask.training.recipe import Recipe, TrainingDiverged
+from tinymask.training.recipe import Recipe
+from tinymask.training.divergence import TrainingDiverged
 from tinymask.weights.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from tiny import tiny_shapes_config
 
@@ -180,6 +181,56 @@ def test_nan_loss_names_the_loss(tmp_path, data, monkeypatch):
     monkeypatch.setattr(T, "train_forward", nan_mask)
     with pytest.raises(TrainingDiverged, match=r"at iteration 1 \(lr 2e-05\): loss_mask is nan\. .*No checkpoint"):
         run(tmp_path, "nan2", data, recipe(iterations=2))
+
+
+def blow_up_at(monkeypatch, iteration: int, *, loss=None, grad_scale=None):
+    """Make the training loop's iteration `iteration` (1-based) blow up while staying finite."""
+    import tinymask.training.loop as T
+
+    real_forward, real_backward, calls = T.train_forward, T.train_backward, {"n": 0}
+
+    def forward(*args, **kwargs):
+        calls["n"] += 1
+        losses, cache = real_forward(*args, **kwargs)
+        if loss is not None and calls["n"] == iteration:
+            losses = dict(losses, loss_classifier=np.float32(loss))
+        return losses, cache
+
+    def backward(cache):
+        grads = real_backward(cache)
+        if grad_scale is not None and calls["n"] == iteration:
+            grads = {k: g * np.float32(grad_scale) for k, g in grads.items()}
+        return grads
+    monkeypatch.setattr(T, "train_forward", forward)
+    monkeypatch.setattr(T, "train_backward", backward)
+
+
+@pytest.mark.parametrize("blow_up, words", [
+    (dict(loss=1e17), r"the loss jumped to 1e\+17, .* times its median .* over the last 14 iterations"),
+    (dict(grad_scale=1e8), r"the gradient's norm jumped to .* times its median .* over the last 14 iterations"),
+])
+def test_a_finite_blow_up_stops_the_run_before_it_is_saved(tmp_path, data, monkeypatch, blow_up, words):
+    """Issue: a loss of 1e17 (finite) used to be checkpointed over the last good model. The guard stops the run at
+    that iteration, before its update and before the checkpoint that iteration 15 would have written."""
+    blow_up_at(monkeypatch, 15, **blow_up)
+    with pytest.raises(TrainingDiverged, match=r"at iteration 15 \(lr .*\): " + words) as info:
+        run(tmp_path, "blow", data, recipe(iterations=20, eval_every=5, warmup_iters=0, lr=0.001))
+    assert "The last good checkpoint (iteration 10) is kept in" in str(info.value)
+    assert load_checkpoint(tmp_path / "blow" / "last")[2]["iteration"] == 10
+    assert [r["iteration"] for r in read_log(tmp_path / "blow" / "log.jsonl")][-1] == 14
+
+
+def test_the_guard_reads_a_resumed_runs_history_from_its_log(tmp_path, data, monkeypatch):
+    out, _ = run(tmp_path, "resumed", data, recipe(iterations=20, eval_every=5, warmup_iters=0, lr=0.001),
+                 stop_after=12)
+    blow_up_at(monkeypatch, 2, loss=1e17)  # the resumed run's second iteration, 14
+    with pytest.raises(TrainingDiverged, match=r"at iteration 14 .*over the last 13 iterations"):
+        run(tmp_path, "resumed", data, recipe(iterations=20, eval_every=5, warmup_iters=0, lr=0.001), resume=True)
+
+
+def test_early_iterations_are_judged_on_being_finite_only(tmp_path, data, monkeypatch):
+    blow_up_at(monkeypatch, 3, loss=1e6)  # fewer than MIN_HISTORY iterations known: not judged
+    run(tmp_path, "early", data, recipe(iterations=4, warmup_iters=0, lr=0.001))
 
 
 def test_batches_are_full_and_cover_each_epoch():

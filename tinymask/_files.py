@@ -16,6 +16,13 @@ import tempfile
 import numpy as np
 
 
+def write_error(path, error: OSError, note: str = "") -> OSError:
+    """An OSError of the same kind whose message names what could not be written and why, e.g.
+    "cannot write runs/x/last: No space left on device (the previous checkpoint is intact)"."""
+    reason = os.strerror(error.errno) if error.errno else str(error)
+    return OSError(error.errno, f"cannot write {os.fspath(path)}: {reason}{note}")
+
+
 def fsync_dir(path) -> None:
     """Make a rename inside folder `path` durable (POSIX; silently not possible on some file systems)."""
     with contextlib.suppress(OSError):
@@ -33,7 +40,10 @@ def atomic_write(path, write) -> None:
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    except OSError as e:  # a read-only or full disk, a missing folder
+        raise write_error(path, e) from e
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -41,9 +51,11 @@ def atomic_write(path, write) -> None:
             os.fsync(f.fileno())  # the bytes are on disk before the rename makes them visible
         os.chmod(tmp, os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644)  # mkstemp made it 0600
         os.replace(tmp, path)  # atomic: readers see the old file or the new one, never a mixture
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError):  # a full or read-only disk: say which file, and that the old one is intact
+            raise write_error(path, e, " (the file there before, if any, is unchanged)") from e
         raise
     fsync_dir(directory)
 

@@ -1,4 +1,4 @@
-"""The `tinymask` command line: `main.py` (entry point, errors), `parser.py` (options), `commands.py` (what each
+"""The `tinymask` command line: `app.py` (entry point, errors), `parser.py` (options), `commands.py` (what each
 command does, through the library).
 
     tinymask demo     # run every layer forward and backward and gradient-check it, printing a table
@@ -8,6 +8,6 @@ command does, through the library).
     tinymask predict a.jpg b.png --checkpoint runs/x/best     # overlays and COCO results in predictions/
     tinymask ablate                            # the paper's Table 2 ablations in miniature (docs/ablations.md)
 """
-from tinymask.cli.main import main
+from tinymask.cli.app import main
 
 __all__ = ["main"]

@@ -3,7 +3,7 @@
 The command line is a thin layer: every step it takes is a library function a Python user can call too (training
 `tinymask.training.loop.train`, evaluation `tinymask.evaluation.evaluate.evaluate_model`, loading
 `tinymask.weights.checkpoint.load_model`, the ablations `tinymask.training.ablations.ablate`). The options are
-declared in `tinymask/cli/parser.py`, and `tinymask/cli/main.py` turns errors into one line.
+declared in `tinymask/cli/parser.py`, and `tinymask/cli/app.py` turns errors into one line.
 
     tinymask demo     # run every layer forward and backward and gradient-check it, printing a table
     tinymask info     # versions of tinymask and its dependencies
@@ -240,7 +240,7 @@ def eval_command(args) -> int:
 
 def predict_command(args) -> int:
     try:
-        from tinymask.evaluation.predict import run_predict
+        from tinymask.evaluation.predict import image_files, run_predict
     except ImportError as e:
         raise UsageError(f"prediction is not available in this installation ({e})") from None
     weights = _pair(args, "config", "weights")
@@ -250,9 +250,10 @@ def predict_command(args) -> int:
         from tinymask.weights.checkpoint import resolve_checkpoint
 
         args.checkpoint = resolve_checkpoint(args.checkpoint)
-    results = run_predict(args.images, checkpoint_dir=args.checkpoint, config_path=args.config,
+    images = image_files(args.images)  # folders become their image files
+    results = run_predict(images, checkpoint_dir=args.checkpoint, config_path=args.config,
                           weights_path=args.weights, out_dir=args.out, score_threshold=args.score_threshold)
-    for path, result in zip(args.images, results):
+    for path, result in zip(images, results):
         print(f"{path}: {len(result['scores'])} detection(s) with score >= {args.score_threshold:g}")
     print(f"wrote the overlays and results.json to {args.out}")
     return 0

@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_predict(sub)
     _add_ablate(sub)
+    for command in sub.choices.values():
+        command.add_argument("--debug", action="store_true", help="on an error, print its traceback too")
     return parser
 
 
@@ -140,7 +142,7 @@ def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="detect and segment image files, draw the results",
                        description="Run a model on image files; write an overlay PNG per image and the "
                                    "detections as COCO results (results.json) into --out.")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...) or folders of them")
     _add_model_source(p, "run")
     p.add_argument("--out", default="predictions", metavar="DIR", help="output folder (default predictions)")
     p.add_argument("--score-threshold", type=float, default=0.5, metavar="S",

@@ -79,6 +79,42 @@ def detections_to_coco_results(result: dict, image_id: int, label_to_category_id
 # Image files in, pictures and results.json out.
 # ---------------------------------------------------------------------------------------------------------------
 
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def image_files(paths) -> list[str]:
+    """The image files to predict: each path as given, or, for a folder, its image files (by extension, sorted).
+
+    Raises FileNotFoundError for a path that does not exist, ValueError for a folder without images or no paths.
+    """
+    out = []
+    for path in (os.fspath(p) for p in paths):
+        if os.path.isdir(path):
+            found = sorted(os.path.join(path, n) for n in os.listdir(path)
+                           if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(path, n)))
+            if not found:
+                raise ValueError(f"the folder {path} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+            out.extend(found)
+        elif os.path.isfile(path):
+            out.append(path)
+        else:
+            raise FileNotFoundError(f"image not found: {path}")
+    if not out:
+        raise ValueError("no images to predict")
+    return out
+
+
+def check_image_file(path) -> None:
+    """ValueError naming the file when Pillow cannot read it as an image (its header only: fast)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except Exception as e:  # UnidentifiedImageError, a truncated or corrupt file, ...
+        raise ValueError(f"cannot read the image {path}: {type(e).__name__}: {e} (nothing was written)") from None
+
+
 def read_image(path) -> np.ndarray:
     """An image file (PNG, JPEG, ...; grayscale, palette and RGBA become RGB) as (3, H, W) float32 in [0, 1].
 
@@ -129,7 +165,7 @@ def run_predict(image_paths, *, checkpoint_dir=None, config_path=None, weights_p
                 score_threshold=0.5, image_ids=None, label_to_category_id=None) -> list[dict]:
     """Detect and segment image files; write an overlay per image and one COCO results file.
 
-    image_paths:          the image files (PNG, JPEG, ...).
+    image_paths:          image files (PNG, JPEG, ...) and folders of them (`image_files`).
     checkpoint_dir, config_path, weights_path: the model, as in `load_model`.
     out_dir:              created if needed; gets `<stem>.png` per image and `results.json` for all of them.
     score_threshold:      detections scoring below it are neither drawn nor written (0 keeps all that `predict`
@@ -138,15 +174,15 @@ def run_predict(image_paths, *, checkpoint_dir=None, config_path=None, weights_p
     label_to_category_id: {label: category id} for results.json; by default the label itself.
     Returns the detections per image (as `model.predict` gives them, filtered by score), in `image_paths`' order.
 
-    Every image file is checked to exist before the (slow) model runs; files are written atomically.
+    Every image is checked to be readable before the (slow) model runs and anything is written (a text file among
+    the images fails with nothing written); files are written atomically.
     """
-    image_paths = [os.fspath(p) for p in image_paths]
+    image_paths = image_files(image_paths)
     image_ids = list(range(len(image_paths))) if image_ids is None else list(image_ids)
     if len(image_ids) != len(image_paths):
         raise ValueError(f"got {len(image_ids)} image_ids for {len(image_paths)} images")
-    for path in image_paths:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"image not found: {path}")
+    for path in image_paths:  # every file is an image we can read, before anything is written
+        check_image_file(path)
     overlay_names = _overlay_names(image_paths)
     params, cfg = load_model(checkpoint_dir, config_path, weights_path)
     os.makedirs(out_dir, exist_ok=True)

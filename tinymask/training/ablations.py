@@ -207,8 +207,9 @@ def run_one(variant: str, seed: int, setting: dict, out_dir: str, backend: str |
     OUT/runs/<variant>/seed<seed>/result.json). Runs in a worker process when `tinymask ablate --jobs` > 1."""
     from tinymask.data.shapes import ShapesDataset
     from tinymask.ops.backend import use_backend
+    from tinymask.training.divergence import TrainingDiverged
     from tinymask.training.loop import train
-    from tinymask.training.recipe import Recipe, TrainingDiverged
+    from tinymask.training.recipe import Recipe
     from tinymask.weights.checkpoint import WEIGHTS_FILE
     setting = Setting(**setting)
     spec = setting.run_spec(variant, seed)

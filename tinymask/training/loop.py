@@ -41,13 +41,14 @@ writes `last/` before it stops (unless it lands inside an update, when the param
 previous `last/` is kept), so `--resume` loses nothing.
 
 A checkpoint's contents, and how it is written so that a crash never leaves half of one, are in
-`tinymask/weights/checkpoint.py`. A run that diverges stops with `TrainingDiverged`; why the recipe clips the gradient
+`tinymask/weights/checkpoint.py`. A run that diverges stops with `TrainingDiverged` (`tinymask/training/divergence.py`); why the recipe clips the gradient
 is in `tinymask/training/recipe.py`.
 """
 from __future__ import annotations
 
-import math
 import time
+
+import numpy as np
 
 from tinymask.config import MaskRCNNConfig
 from tinymask.model import train_backward, train_forward
@@ -75,7 +76,8 @@ def train(cfg: MaskRCNNConfig, recipe: Recipe, train_set, val_set, out_dir, *, r
     progress:     draw the progress bar on stderr; plot: redraw loss_curves.png at each evaluation and at the end.
     Returns a summary dict: "iteration", "bbox" and "segm" (the last evaluation's 12 stats, or None), "best",
     "seconds" (this session's wall time), "total_seconds" (across resumes), "out_dir".
-    Raises TrainingDiverged when a loss or the gradient stops being finite.
+    Raises TrainingDiverged when a loss or the gradient stops being finite or jumps orders of magnitude above its
+    recent values (`tinymask/training/divergence.py`), before that iteration's update or any later checkpoint.
     """
     if len(train_set) < 1:
         raise ValueError("the training set is empty")
@@ -94,11 +96,12 @@ def train(cfg: MaskRCNNConfig, recipe: Recipe, train_set, val_set, out_dir, *, r
                                          recipe.seed, t, recipe.flip_prob)
             data_seconds = time.perf_counter() - tic
             lr = schedule(t)
-            losses, cache = forward(run, params, cfg, images, targets, model_rng(recipe.seed, t), t + 1, lr)
-            grads = train_backward(cache)
-            del cache
-            in_step = True
-            info = step(run, optimizer, params, grads, lr, t + 1)
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # the guard reports a blow-up
+                losses, cache = forward(run, params, cfg, images, targets, model_rng(recipe.seed, t), t + 1, lr)
+                grads = train_backward(cache)
+                del cache
+                in_step = True
+                info = step(run, optimizer, params, grads, lr, t + 1)
             in_step, done = False, t + 1
             run.log_iteration(done, losses, lr, info, time.perf_counter() - tic, data_seconds)
             if run.is_checkpoint_iteration(done):
@@ -115,8 +118,9 @@ def train(cfg: MaskRCNNConfig, recipe: Recipe, train_set, val_set, out_dir, *, r
 
 
 def forward(run: TrainingRun, params, cfg, images, targets, rng, iteration: int, lr: float):
-    """`train_forward` -> ({loss name: float}, cache); TrainingDiverged when a loss or the box logic's input is not
-    finite (the box logic refuses NaN boxes, deltas and scores with a ValueError that says so)."""
+    """`train_forward` -> ({loss name: float}, cache); TrainingDiverged when a loss is not finite or far above its
+    recent values (`tinymask/training/divergence.py`), or the box logic's input is not finite (the box logic refuses
+    NaN boxes, deltas and scores with a ValueError that says so)."""
     try:
         losses, cache = train_forward(params, cfg, images, targets, rng)
     except ValueError as e:
@@ -124,16 +128,17 @@ def forward(run: TrainingRun, params, cfg, images, targets, rng, iteration: int,
             raise
         raise run.diverged(f"the forward pass produced NaN or infinity ({e})", iteration, lr) from None
     losses = {k: float(v) for k, v in losses.items()}
-    bad = [k for k, v in losses.items() if not math.isfinite(v)]
-    if bad:
-        raise run.diverged(f"{bad[0]} is {losses[bad[0]]}", iteration, lr)
+    why = run.guard.check_losses(losses)
+    if why:
+        raise run.diverged(why, iteration, lr)
     return losses, cache
 
 
 def step(run: TrainingRun, optimizer, params, grads, lr: float, iteration: int) -> dict:
-    """One SGD update (`tinymask.training.optim.SGD.step`); TrainingDiverged when the gradient is not finite (the
-    optimizer checks before it changes anything, so the parameters are still those of the last update)."""
-    try:
-        return optimizer.step(params, grads, lr)
-    except FloatingPointError as e:
-        raise run.diverged(str(e), iteration, lr) from None
+    """One SGD update (`tinymask.training.optim.SGD.step`), after the gradient's norm passed the divergence guard;
+    when it does not, TrainingDiverged, and the parameters are still those of the last update."""
+    norm = optimizer.gradient_norm(grads)
+    why = run.guard.check_grad_norm(norm)
+    if why:
+        raise run.diverged(why, iteration, lr)
+    return optimizer.step(params, grads, lr, grad_norm=norm)

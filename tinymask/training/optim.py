@@ -136,17 +136,23 @@ class SGD:
         self.decay = {k: decays_weight(k, params[k]) for k in names}  # {name: bool}
         self.velocity = {k: np.zeros_like(params[k]) for k in names}  # {name: array like the parameter}
 
-    def step(self, params: dict, grads: dict, lr: float) -> dict:
-        """Update `params` in place from `grads` with learning rate `lr`.
+    def gradient_norm(self, grads: dict) -> float:
+        """||g||, the global norm of the trainable parameters' gradients (what clipping and the divergence guard read).
 
-        Every trainable name must have a gradient (a missing one is a bug in a backward pass, so it raises);
-        gradients of other names are ignored. A NaN or infinite gradient raises FloatingPointError before any
-        parameter changes. Returns {"grad_norm": ||g|| before clipping, "clip_scale": factor}.
-        """
+        Every trainable name must have a gradient (a missing one is a bug in a backward pass, so it raises)."""
         missing = [k for k in self.velocity if k not in grads]
         if missing:
             raise KeyError(f"no gradient for {len(missing)} trainable parameter(s), e.g. {missing[:3]}")
-        norm = global_norm({k: grads[k] for k in self.velocity})
+        return global_norm({k: grads[k] for k in self.velocity})
+
+    def step(self, params: dict, grads: dict, lr: float, grad_norm: float | None = None) -> dict:
+        """Update `params` in place from `grads` with learning rate `lr`.
+
+        Gradients of names that do not train are ignored. `grad_norm`: `gradient_norm(grads)`, if the caller has it.
+        A NaN or infinite gradient raises FloatingPointError before any parameter changes.
+        Returns {"grad_norm": ||g|| before clipping, "clip_scale": factor}.
+        """
+        norm = self.gradient_norm(grads) if grad_norm is None else grad_norm
         if not math.isfinite(norm):  # checked before anything changes, so the parameters stay as they were
             bad = next(k for k in self.velocity if not np.all(np.isfinite(grads[k])))
             raise FloatingPointError(f"the gradient is not finite (first in {bad})")

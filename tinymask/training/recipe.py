@@ -1,15 +1,8 @@
-"""How tinymask trains: the recipe (SGD, warm-up, steps, clipping), and what happens when a run diverges.
+"""How tinymask trains: the recipe (SGD, warm-up, steps), and why it clips the gradient.
 
 *Paper:* He et al., *Mask R-CNN*, ICCV 2017, §3.1 "Training" (SGD with momentum 0.9, weight decay 1e-4, lr 0.02 for 16
 images, steps at 120k and 160k); Goyal et al. 2017 (linear warm-up, the linear scaling rule). · *Code:*
 `tinymask/training/recipe.py` · *Test:* `tests/test_train.py`, `tests/test_train_seeds.py`
-
-## When the loss becomes NaN
-
-A non-finite loss or gradient stops the run (`TrainingDiverged`), naming the loss and the iteration; nothing is
-written after it, so `last/` is the last good checkpoint. The usual cause is a learning rate too high for the batch
-size: Mask R-CNN uses 0.02 for 16 images; the linear scaling rule (Goyal et al. 2017) gives 0.02 × B / 16 for B
-images.
 
 ## Why the gradient is clipped
 
@@ -112,16 +105,3 @@ class Recipe:
         if unknown:
             raise ValueError(f"unknown recipe field(s) {unknown}")
         return cls(**data)
-
-
-class TrainingDiverged(RuntimeError):
-    """A loss or the gradient became NaN or infinite; the message says which, when, and what to do."""
-
-
-def diverged_message(what: str, iteration: int, lr: float, batch_size: int, last_dir: str,
-                      last_iteration: int | None) -> str:
-    kept = (f"The last good checkpoint (iteration {last_iteration}) is kept in {last_dir}"
-            if last_iteration is not None else "No checkpoint had been written yet")
-    return (f"training diverged at iteration {iteration} (lr {lr:.3g}): {what}. The usual cause is a learning "
-            f"rate too high for the batch size ({batch_size} images; Mask R-CNN uses 0.02 for 16, i.e. about "
-            f"{0.02 * batch_size / 16:.3g} for {batch_size}): lower --lr or lengthen the warm-up. {kept}.")

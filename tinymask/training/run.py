@@ -16,11 +16,13 @@ import time
 
 from tqdm import tqdm
 
+from tinymask._files import write_error, write_text
 from tinymask.config import MaskRCNNConfig
 from tinymask.evaluation.evaluate import evaluate_model, report_json, short_summary
 from tinymask.model import init_params, is_trainable
+from tinymask.training.divergence import DivergenceGuard, TrainingDiverged, diverged_message
 from tinymask.training.optim import SGD
-from tinymask.training.recipe import Recipe, TrainingDiverged, diverged_message
+from tinymask.training.recipe import Recipe
 from tinymask.visualize import plot_loss_curves
 from tinymask.weights.checkpoint import (CHECKPOINT_FORMAT, CONFIG_FILE, EVAL_FILE, WEIGHTS_FILE, load_checkpoint,
                                          save_checkpoint)
@@ -36,11 +38,12 @@ def hms(seconds: float) -> str:
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
 
 
-def rewind_log(log_path: str, iteration: int) -> None:
-    """Keep only the log lines of iterations <= `iteration`: a resumed run repeats the ones after its checkpoint."""
+def rewind_log(log_path: str, iteration: int) -> list[dict]:
+    """Keep only the log lines of iterations <= `iteration` (a resumed run repeats the ones after its checkpoint),
+    rewriting the file atomically (a kill half-way leaves the old log); returns the kept records."""
     if not os.path.exists(log_path):
-        return
-    kept = []
+        return []
+    kept, records = [], []
     with open(log_path, encoding="utf-8") as f:
         for line in f:
             try:
@@ -49,8 +52,9 @@ def rewind_log(log_path: str, iteration: int) -> None:
                 continue  # a line cut short by the crash
             if record.get("iteration", 0) <= iteration:
                 kept.append(line if line.endswith("\n") else line + "\n")
-    with open(log_path, "w", encoding="utf-8") as f:
-        f.writelines(kept)
+                records.append(record)
+    write_text(log_path, "".join(kept))
+    return records
 
 
 class TrainingRun:
@@ -73,6 +77,7 @@ class TrainingRun:
         self.last_report = None
         self.params = self.optimizer = self.log = self.bar = None
         self.start = 0
+        self.guard = DivergenceGuard()
 
     # -- starting ---------------------------------------------------------------------------------------------
 
@@ -87,7 +92,8 @@ class TrainingRun:
             self.start = self.last_saved = int(metadata["iteration"])
             self.best = metadata.get("best", self.best) or self.best
             self.previous_seconds = float(metadata.get("seconds", 0.0))
-            rewind_log(self.log_path, self.start)
+            history = rewind_log(self.log_path, self.start)
+            self.guard = DivergenceGuard([r for r in history if "loss" in r])
         else:
             if os.path.exists(os.path.join(self.last_dir, WEIGHTS_FILE)):
                 raise FileExistsError(f"{self.out_dir} already holds a run (last/); resume it with --resume or "
@@ -115,12 +121,16 @@ class TrainingRun:
                                                  self.last_saved))
 
     def write_log(self, record: dict) -> None:
-        self.log.write(json.dumps(record) + "\n")
-        self.log.flush()
+        try:
+            self.log.write(json.dumps(record) + "\n")
+            self.log.flush()
+        except OSError as e:  # a full disk: say which file; the checkpoints are written elsewhere, atomically
+            raise write_error(self.log_path, e, " (the checkpoints in last/ and best/ are intact)") from e
 
     def log_iteration(self, iteration: int, losses: dict, lr: float, step_info: dict, seconds: float,
                       data_seconds: float) -> None:
-        """One line of log.jsonl, and the progress bar moved on."""
+        """One line of log.jsonl, the progress bar moved on, and the divergence guard told the iteration was fine."""
+        self.guard.record(sum(losses.values()), step_info["grad_norm"])
         self.write_log({"iteration": iteration, "loss": sum(losses.values()), **losses, "lr": lr,
                         "grad_norm": step_info["grad_norm"], "clip_scale": step_info["clip_scale"],
                         "time": round(seconds, 4), "data_time": round(data_seconds, 4)})

@@ -25,8 +25,7 @@ fsynced, and only then swapped in with two renames: `last/` → `.last.old/`, `.
 A model is a config (`MaskRCNNConfig`, the architecture) plus parameters (a flat `{name: array}` dict whose names
 are torchvision's state-dict names). Two sources:
 
-- a **checkpoint folder** as above. Only the entries that `model.init_params(cfg)` also has are taken (not the
-  optimizer's momentum).
+- a **checkpoint folder** as above; the optimizer's momentum (`optimizer.velocity.*`) is left out.
 - a **config JSON plus a weights file**: a tinymask `.npz`, or a `.pth` that `torch.save(model.state_dict())` wrote
   for torchvision's `maskrcnn_resnet50_fpn` (read without PyTorch by `load_torch_state_dict`, which also drops
   BatchNorm's `num_batches_tracked` counters and renames old key spellings). Since tinymask uses torchvision's names,
@@ -44,7 +43,7 @@ import shutil
 
 import numpy as np
 
-from tinymask._files import fsync_dir, write_json
+from tinymask._files import fsync_dir, write_error, write_json
 from tinymask.config import MaskRCNNConfig
 from tinymask.model import init_params
 from tinymask.weights.files import NPZ_EXTENSIONS, check_params_match, load_weights
@@ -78,8 +77,11 @@ def save_checkpoint(directory, params: dict, cfg: MaskRCNNConfig, metadata: dict
         if eval_report is not None:
             write_json(os.path.join(new, EVAL_FILE), eval_report)  # fsynced
         fsync_dir(new)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(new, ignore_errors=True)
+        if isinstance(e, OSError):  # a full or read-only disk: nothing of the old checkpoint was touched yet
+            kept = " (the previous checkpoint is intact)" if os.path.isdir(directory) else ""
+            raise write_error(directory, e, kept) from e
         raise
     if os.path.isdir(directory):
         shutil.rmtree(old, ignore_errors=True)
@@ -127,14 +129,15 @@ def expected_shapes(cfg: MaskRCNNConfig) -> dict[str, tuple[int, ...]]:
 
 
 
-def _read_params(weights_path: str, shapes: dict) -> dict[str, np.ndarray]:
-    """The model's parameters from a weights file: an .npz keeps only the names the model has; a .pth all of it."""
+def _read_params(weights_path: str) -> dict[str, np.ndarray]:
+    """The model's parameters from a weights file: an .npz without the optimizer's momentum (a checkpoint's
+    `optimizer.velocity.*`), a .pth without BatchNorm's step counters. Anything else in the file must be the model's:
+    `load_model` refuses a name the model does not have, the same for every command."""
     if os.path.splitext(weights_path)[1].lower() in NPZ_EXTENSIONS:
         stored, _metadata = load_npz(weights_path)
-        return {name: value for name, value in stored.items() if name in shapes}  # drop optimizer state etc.
+        return {name: value for name, value in stored.items() if not name.startswith(VELOCITY_PREFIX)}
     params = load_weights(weights_path)  # .pth: num_batches_tracked already dropped, old spellings renamed
     return {name: value for name, value in params.items() if not name.endswith("num_batches_tracked")}
-
 
 
 def load_model(checkpoint_dir=None, config_path=None, weights_path=None) -> tuple[dict, MaskRCNNConfig]:
@@ -158,7 +161,7 @@ def load_model(checkpoint_dir=None, config_path=None, weights_path=None) -> tupl
         raise ValueError("give checkpoint_dir, or both config_path and weights_path")
     cfg = MaskRCNNConfig.load(config_path)
     shapes = expected_shapes(cfg)
-    params = _read_params(os.fspath(weights_path), shapes)
+    params = _read_params(os.fspath(weights_path))
     try:
         check_params_match(params, shapes)
     except ValueError as e:
