@@ -157,7 +157,9 @@ def train_forward(params, cfg: MaskRCNNConfig, images, targets, rng: np.random.G
     """Forward pass in training mode.
 
     images: list of (3, H, W) float images in [0, 1]; targets: list of dicts with "boxes" (G, 4) (x0, y0, x1, y1) in
-    image pixels, "labels" (G,) in 1..K−1 and "masks" (G, H, W) binary. `rng` draws the anchor and RoI samples.
+    image pixels, "labels" (G,) in 1..K−1 and "masks" (G, H, W) binary; any aspect ratio (a banner far longer than
+    cfg.max_size : 1 is resized to one pixel thick, `tinymask.box_logic.resize.resized_size`, and still trains with
+    finite losses). `rng` draws the anchor and RoI samples.
     `proposals` (optional, per image (P, 4) in resized-image coordinates) replaces the RPN's, to hold them fixed in
     gradient checks. `samples` (optional, a test hook) replaces the two random draws with recorded ones:
     {"rpn": per image (positive, negative) anchor indices, "roi": per image (positive, negative) indices into

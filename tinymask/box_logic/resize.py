@@ -6,7 +6,8 @@ the longer side capped, 1333 in Detectron and torchvision); inference returns bo
 Forward (`preprocess`):
 1. normalise each channel: (x − mean) / std (ImageNet statistics, the pretrained backbones' input convention);
 2. resize by `scale = min(min_size / short side, max_size / long side)` to `⌊h·scale⌋ × ⌊w·scale⌋`, bilinearly
-   (align_corners=False, the sampling ratio recomputed from the sizes); a scale of exactly 1 leaves it unchanged;
+   (align_corners=False, the sampling ratio recomputed from the sizes); a scale of exactly 1 leaves it unchanged; a
+   side that would round to 0 pixels (a banner far longer than max_size : 1) is kept at 1 (`resized_size`);
 3. zero-pad bottom and right so every image in the batch has the size of the largest, rounded up to a multiple of
    `size_divisible` (32: the coarsest FPN stride, so every level's map tiles the image exactly).
 Ground-truth boxes scale with the image; masks are resized with nearest-neighbour sampling.
@@ -43,10 +44,22 @@ def check_image(image, name: str = "image") -> None:
 
 
 def resized_size(hw, min_size: int, max_size: int) -> tuple[tuple[int, int], float]:
-    """Size after the resize, and the scale: min(min_size / short side, max_size / long side)."""
+    """Size after the resize, and the scale: min(min_size / short side, max_size / long side).
+
+    Each side is `⌊side · scale⌋`, **but at least 1 pixel**. Only an extreme aspect ratio reaches the clamp: when
+    max_size caps the scale, the short side becomes `short · max_size / long`, below 1 once long / short exceeds
+    max_size (128 in the `small` preset: a 10×2000 banner would be 0×128). torchvision's transform floors the same
+    product inside `F.interpolate(..., scale_factor, recompute_scale_factor=True)` and fails there on a zero-size
+    output; here the image becomes one pixel thick (1×128) instead. That side's scale is then 1 / short rather than
+    `scale`, so the aspect ratio is not kept exactly; boxes and masks follow through `image_sizes` (their scale per
+    axis is resized / original, so postprocessing maps them back to the original image exactly). Prediction returns
+    masks of the original size, and training accepts the image too: its losses and gradients are finite, and one odd
+    image in a dataset should not stop a run, even if a one-pixel-thick view of it teaches little. An image whose
+    sides are both at least 1 after flooring (any aspect ratio up to about max_size : 1) is resized as before.
+    """
     h, w = hw
     scale = min(min_size / min(h, w), max_size / max(h, w))
-    return (int(math.floor(h * scale)), int(math.floor(w * scale))), scale
+    return (max(1, int(math.floor(h * scale))), max(1, int(math.floor(w * scale)))), scale
 
 
 def resize_image(image: np.ndarray, min_size: int, max_size: int) -> np.ndarray:

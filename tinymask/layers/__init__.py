@@ -1,7 +1,12 @@
 """Differentiable layers, each a `*_forward(...) -> (out, cache)` / `*_backward(dout, cache) -> grads` pair.
 
 See docs/conventions.md for the convention. Import from the concept's module (`tinymask.layers.conv`) or from here.
+
+Every backward checks that `dout` is a float array of its forward's output shape. `finite_checks` (from
+`tinymask/_validate.py`) turns on the NaN/infinity checks of every layer's inputs, outputs and gradients:
+`with finite_checks(): ...` (docs/conventions.md, "Bad input").
 """
+from tinymask._validate import finite_checks
 from tinymask.layers.activations import relu_backward, relu_forward, sigmoid, sigmoid_backward, sigmoid_forward
 from tinymask.layers.conv import conv2d_backward, conv2d_backward_naive, conv2d_forward, conv2d_forward_naive
 from tinymask.layers.conv_transpose import (conv_transpose2d_backward, conv_transpose2d_backward_naive,

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinymask._validate import check_float_array
+from tinymask._validate import check_dout, check_float_array, finite_checked
 
 
+@finite_checked("out", "cache")
 def relu_forward(x):
     """out = max(x, 0), any shape. The cache keeps the mask `x > 0`, which is all the backward needs."""
     check_float_array(x, "x")
@@ -18,9 +19,11 @@ def relu_forward(x):
     return x * positive, positive
 
 
+@finite_checked("dx")
 def relu_backward(dout, cache):
     """dx = dout where x > 0, else 0 (the derivative at exactly 0 is taken as 0)."""
-    positive = cache
+    positive = cache  # (the shape of x and out)
+    check_dout(dout, positive.shape, "relu_backward")
     return dout * positive
 
 
@@ -30,6 +33,7 @@ def sigmoid(x):
     return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
 
 
+@finite_checked("out", "cache")
 def sigmoid_forward(x):
     """out = σ(x), any shape. The cache keeps `out`, since σ'(x) = σ(x)(1 − σ(x))."""
     check_float_array(x, "x")
@@ -37,9 +41,11 @@ def sigmoid_forward(x):
     return out, out
 
 
+@finite_checked("dx")
 def sigmoid_backward(dout, cache):
     """dx = dout · σ(x) · (1 − σ(x))."""
     out = cache
+    check_dout(dout, out.shape, "sigmoid_backward")
     return dout * out * (1.0 - out)
 
 

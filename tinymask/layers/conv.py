@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinymask._validate import as_pair, check_float_array, check_same_dtype
+from tinymask._validate import as_pair, check_dout, check_float_array, check_same_dtype, finite_checked
 from tinymask.layers.im2col import col2im, conv_output_size, im2col
 from tinymask.ops import get_ops
 
@@ -57,6 +57,13 @@ def _check_conv_args(x, w, b, stride, padding, dilation):
     return stride, padding, dilation
 
 
+def _output_shape(x_shape, w_shape, stride, padding, dilation) -> tuple[int, int, int, int]:
+    """(N, F, Ho, Wo) of a convolution of an x of `x_shape` with a w of `w_shape`: what its dout must be."""
+    Ho = conv_output_size(x_shape[2], w_shape[2], stride[0], padding[0], dilation[0])
+    Wo = conv_output_size(x_shape[3], w_shape[3], stride[1], padding[1], dilation[1])
+    return x_shape[0], w_shape[0], Ho, Wo
+
+
 def _pad(x: np.ndarray, padding: tuple[int, int]) -> np.ndarray:
     ph, pw = padding
     if ph == 0 and pw == 0:
@@ -68,6 +75,7 @@ def _pad(x: np.ndarray, padding: tuple[int, int]) -> np.ndarray:
 # Reference: the definition, loop by loop.
 # ---------------------------------------------------------------------------------------------------------------
 
+@finite_checked("out", "cache")
 def conv2d_forward_naive(x, w, b=None, *, stride=1, padding=0, dilation=1):
     """Convolution by its definition. x: (N, C, H, W), w: (F, C, kH, kW), b: (F,) or None -> out (N, F, Ho, Wo)."""
     stride, padding, dilation = _check_conv_args(x, w, b, stride, padding, dilation)
@@ -88,9 +96,11 @@ def conv2d_forward_naive(x, w, b=None, *, stride=1, padding=0, dilation=1):
     return out, (x, w, b, stride, padding, dilation)
 
 
+@finite_checked("dx", "dw", "db")
 def conv2d_backward_naive(dout, cache):
     """Every output pixel spreads its gradient back over the window and the filter that made it."""
     x, w, b, (sh, sw), padding, (dh, dw) = cache
+    check_dout(dout, _output_shape(x.shape, w.shape, (sh, sw), padding, (dh, dw)), "conv2d_backward_naive")
     N, F, Ho, Wo = dout.shape
     kh, kw = w.shape[2:]
     x_pad = _pad(x, padding)
@@ -114,6 +124,7 @@ def conv2d_backward_naive(dout, cache):
 # Fast: im2col + one matrix product (GEMM) per image, run by the selected backend (the NumPy steps: end of file).
 # ---------------------------------------------------------------------------------------------------------------
 
+@finite_checked("out", "cache")
 def conv2d_forward(x, w, b=None, *, stride=1, padding=0, dilation=1, backend=None):
     """2-D convolution. x: (N, C, H, W), w: (F, C, kH, kW), b: (F,) or None -> out (N, F, Ho, Wo), cache.
 
@@ -132,9 +143,11 @@ def conv2d_forward(x, w, b=None, *, stride=1, padding=0, dilation=1, backend=Non
     return out, (x.shape, w, b is not None, saved, stride, padding, dilation, ops.NAME)
 
 
+@finite_checked("dx", "dw", "db")
 def conv2d_backward(dout, cache):
     """Gradients of a convolution: (dx (N, C, H, W), dw (F, C, kH, kW), db (F,) or None)."""
     x_shape, w, has_bias, saved, stride, padding, dilation, backend = cache
+    check_dout(dout, _output_shape(x_shape, w.shape, stride, padding, dilation), "conv2d_backward")
     N, C, H, W = x_shape
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None  # db = Σ_{n,y,x} dout
     dx_pad, dw = get_ops(backend).conv2d_backward(dout, saved, w, stride, dilation)  # the forward's backend

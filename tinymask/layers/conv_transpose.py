@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinymask._validate import as_pair, check_float_array, check_same_dtype
+from tinymask._validate import as_pair, check_dout, check_float_array, check_same_dtype, finite_checked
 from tinymask.ops import get_ops
 
 
@@ -63,6 +63,7 @@ def _full_size(H, k, s, d, op):
 # Reference: scatter each input pixel onto its window.
 # ---------------------------------------------------------------------------------------------------------------
 
+@finite_checked("out", "cache")
 def conv_transpose2d_forward_naive(x, w, b=None, *, stride=1, padding=0, output_padding=0, dilation=1):
     """Transposed convolution by its definition. x: (N, C_in, H, W), w: (C_in, C_out, kH, kW) -> (N, C_out, Ho, Wo)."""
     stride, padding, output_padding, dilation, (Ho, Wo) = _check_args(x, w, b, stride, padding, output_padding, dilation)
@@ -83,12 +84,14 @@ def conv_transpose2d_forward_naive(x, w, b=None, *, stride=1, padding=0, output_
     return out, (x, w, b, stride, padding, output_padding, dilation)
 
 
+@finite_checked("dx", "dw", "db")
 def conv_transpose2d_backward_naive(dout, cache):
     """Each input pixel receives the gradient of the window it was scattered onto, weighted by the kernel."""
     x, w, b, (sh, sw), (ph, pw), output_padding, (dh, dw) = cache
     N, C, H, W = x.shape
     _, F, kh, kw = w.shape
     full_h, full_w = _full_size(H, kh, sh, dh, output_padding[0]), _full_size(W, kw, sw, dw, output_padding[1])
+    check_dout(dout, (N, F, full_h - 2 * ph, full_w - 2 * pw), "conv_transpose2d_backward_naive")  # out = cropped full
     dfull = np.zeros((N, F, full_h, full_w), dtype=dout.dtype)
     dfull[:, :, ph:ph + dout.shape[2], pw:pw + dout.shape[3]] = dout  # cropped pixels get no gradient
     dx = np.zeros_like(x)
@@ -108,6 +111,7 @@ def conv_transpose2d_backward_naive(dout, cache):
 # Fast: one matrix product, then col2im.
 # ---------------------------------------------------------------------------------------------------------------
 
+@finite_checked("out", "cache")
 def conv_transpose2d_forward(x, w, b=None, *, stride=1, padding=0, output_padding=0, dilation=1, backend=None):
     """Transposed convolution. x: (N, C_in, H, W), w: (C_in, C_out, kH, kW), b: (C_out,) or None.
 
@@ -130,12 +134,15 @@ def conv_transpose2d_forward(x, w, b=None, *, stride=1, padding=0, output_paddin
     return out, (x, w, b is not None, stride, padding, full_hw, dilation, ops.NAME)
 
 
+@finite_checked("dx", "dw", "db")
 def conv_transpose2d_backward(dout, cache):
     """Gradients of a transposed convolution: (dx, dw, db) — a plain convolution of dout with the same kernel."""
     x, w, has_bias, stride, (ph, pw), full_hw, dilation, backend = cache
     ops = get_ops(backend)  # the forward's backend
     N, C, H, W = x.shape
     _, F, kh, kw = w.shape
+    out_shape = (N, F, full_hw[0] - 2 * ph, full_hw[1] - 2 * pw)  # the forward's output is `full` cropped by padding
+    check_dout(dout, out_shape, "conv_transpose2d_backward")
     dfull = np.zeros((N, F) + full_hw, dtype=dout.dtype)  # (N, C_out, full_h, full_w)
     dfull[:, :, ph:ph + dout.shape[2], pw:pw + dout.shape[3]] = dout
     # The rows and columns that output_padding added are read by no window: cut them, so that im2col finds

@@ -10,9 +10,10 @@ Backward: dx = dout @ w, dw = doutᵀ @ x, db = Σ_n dout. The cache keeps `x` (
 """
 from __future__ import annotations
 
-from tinymask._validate import check_float_array, check_same_dtype
+from tinymask._validate import check_dout, check_float_array, check_same_dtype, finite_checked
 
 
+@finite_checked("out", "cache")
 def linear_forward(x, w, b=None):
     """x: (N, D_in), w: (D_out, D_in), b: (D_out,) or None -> out (N, D_out), cache."""
     check_float_array(x, "x", 2, "(N, D_in)")
@@ -30,9 +31,11 @@ def linear_forward(x, w, b=None):
     return out, (x, w, b is not None)
 
 
+@finite_checked("dx", "dw", "db")
 def linear_backward(dout, cache):
     """dout: (N, D_out) -> (dx (N, D_in), dw (D_out, D_in), db (D_out,) or None)."""
     x, w, has_bias = cache
+    check_dout(dout, (x.shape[0], w.shape[0]), "linear_backward")
     dx = dout @ w  # (N, D_in)
     dw = dout.T @ x  # (D_out, D_in)
     db = dout.sum(axis=0) if has_bias else None  # (D_out,)

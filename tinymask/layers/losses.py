@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinymask._validate import check_float_array
+from tinymask._validate import check_float_array, finite_checked
 from tinymask.layers.activations import sigmoid
 
 _REDUCTIONS = ("mean", "sum")
@@ -33,6 +33,7 @@ def _reduce(values: np.ndarray, reduction: str, count: int):
     return total / count, 1.0 / count
 
 
+@finite_checked("loss", "dlogits")
 def softmax_cross_entropy(logits, labels, *, reduction="mean"):
     """Cross-entropy of a softmax over axis 1.
 
@@ -61,6 +62,7 @@ def softmax_cross_entropy(logits, labels, *, reduction="mean"):
     return loss, (dlogits * scale).astype(logits.dtype, copy=False)  # ∂L/∂z = (p − onehot) · scale
 
 
+@finite_checked("loss", "dpred")
 def smooth_l1(pred, target, *, beta=1.0, reduction="sum"):
     """Smooth L1 (Huber-like) loss, element-wise then reduced.
 
@@ -85,6 +87,7 @@ def smooth_l1(pred, target, *, beta=1.0, reduction="sum"):
     return loss, (grad * scale).astype(pred.dtype, copy=False)
 
 
+@finite_checked("loss", "dlogits")
 def binary_cross_entropy_with_logits(logits, targets, *, reduction="mean"):
     """Per-element binary cross-entropy on logits z with targets t in [0, 1].
 

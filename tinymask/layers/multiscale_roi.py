@@ -7,12 +7,14 @@ Which level each RoI reads is FPN Eq. 1 (`tinymask/box_logic/levels.py`, where i
 
 Coordinates: RoIs `(K, 5)` `[batch_index, x0, y0, x1, y1]` in image pixels (docs/conventions.md); level assignment
 uses only `x0..y1`. The output keeps the RoIs' order, whatever level each one used. The cache keeps, per level, which
-RoIs went there and the single-level op's cache; the backward runs each level's backward on its rows of `dout`.
+RoIs went there and the single-level op's cache, and the output's shape (to check `dout`); the backward runs each
+level's backward on its rows of `dout`.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from tinymask._validate import check_dout, finite_checked
 from tinymask.box_logic.levels import assign_fpn_levels, levels_of_scales
 from tinymask.layers.roi_align import check_roi_inputs, roi_align_backward, roi_align_forward
 from tinymask.layers.roi_pool import roi_pool_backward, roi_pool_forward
@@ -21,6 +23,7 @@ from tinymask.layers.roi_warp import roi_warp_backward, roi_warp_forward
 METHODS = ("align", "pool", "warp")
 
 
+@finite_checked("out", "cache")
 def multiscale_roi_forward(
     features, rois, *, scales, output_size, sampling_ratio=-1, aligned=False, method="align", mode=None,
     outside="zero", canonical_size=224, canonical_level=4,
@@ -69,12 +72,14 @@ def multiscale_roi_forward(
             out = np.zeros((len(rois64),) + out_l.shape[1:], dtype=f.dtype)  # (K, C, oh, ow)
         out[idx] = out_l  # back to the input order
         per_level.append((idx, cache_l))
-    return out, (method, per_level)
+    return out, (method, per_level, out.shape)
 
 
+@finite_checked("dfeatures", "drois")
 def multiscale_roi_backward(dout, cache):
     """dout (K, C, oh, ow) -> ([dfeatures per map], None): each level's backward on its own RoIs' rows."""
-    method, per_level = cache
+    method, per_level, out_shape = cache
+    check_dout(dout, out_shape, "multiscale_roi_backward")
     backward = {"align": roi_align_backward, "pool": roi_pool_backward, "warp": roi_warp_backward}[method]
     dfeatures = [backward(dout[idx], cache_l)[0] for idx, cache_l in per_level]  # a level with no RoIs gets zeros
     return dfeatures, None

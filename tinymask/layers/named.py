@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinymask._validate import check_float_array
+from tinymask._validate import check_dout, check_float_array, finite_checked
 from tinymask.layers.conv import conv2d_backward, conv2d_forward
 
 
@@ -28,6 +28,7 @@ def accumulate_grads(total: dict, new: dict) -> dict:
     return total
 
 
+@finite_checked("out", "cache")
 def named_conv_forward(params, name, x, *, stride=1, padding=0, bias=False):
     """conv2d with weight `name.weight` (and `name.bias`) from `params`. x: (N, C, H, W) -> (N, F, Ho, Wo), cache."""
     check_float_array(x, "x", 4, "(N, C, H, W)")
@@ -37,12 +38,14 @@ def named_conv_forward(params, name, x, *, stride=1, padding=0, bias=False):
         raise ValueError(f"{name}.weight {w.shape} expects {w.shape[1]} input channels, got {x.shape[1]} "
                          f"(input shape {x.shape})")
     out, cache = conv2d_forward(x, w, b, stride=stride, padding=padding)
-    return out, (name, cache)
+    return out, (name, cache, out.shape)
 
 
+@finite_checked("dx", "grads")
 def named_conv_backward(dout, cache):
     """-> (dx, {name.weight: dw, name.bias: db (if it has one)})."""
-    name, conv_cache = cache
+    name, conv_cache, out_shape = cache
+    check_dout(dout, out_shape, f"named_conv_backward[{name}]")
     dx, dw, db = conv2d_backward(dout, conv_cache)
     grads = {f"{name}.weight": dw}
     if db is not None:

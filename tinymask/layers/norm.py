@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinymask._validate import check_float_array, check_same_dtype
+from tinymask._validate import check_dout, check_float_array, check_same_dtype, finite_checked
 
 
 def _check_channel_param(p, name, C):
@@ -32,8 +32,9 @@ def _check_channel_param(p, name, C):
         raise ValueError(f"{name} has {p.shape[0]} entries but x has {C} channels")
 
 
+@finite_checked("out", "cache")
 def frozen_batch_norm_forward(x, weight, bias, running_mean, running_var, *, eps=1e-5):
-    """x: (N, C, H, W); the four per-channel constants: (C,) each -> y (N, C, H, W), cache (the scale s)."""
+    """x: (N, C, H, W); the four per-channel constants: (C,) each -> y (N, C, H, W), cache (the scale s, x's shape)."""
     check_float_array(x, "x", 4, "(N, C, H, W)")
     C = x.shape[1]
     for name, p in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
@@ -43,15 +44,18 @@ def frozen_batch_norm_forward(x, weight, bias, running_mean, running_var, *, eps
     scale = (weight / np.sqrt(running_var + eps)).astype(x.dtype)  # (C,): s = γ / √(σ² + ε)
     shift = (bias - running_mean * scale).astype(x.dtype)  # (C,): b − μ·s
     out = x * scale[:, None, None] + shift[:, None, None]  # (N, C, H, W)
-    return out, scale
+    return out, (scale, x.shape)
 
 
+@finite_checked("dx")
 def frozen_batch_norm_backward(dout, cache):
     """dx = dout · s. The statistics and affine are frozen, so no other gradient exists."""
-    scale = cache
+    scale, x_shape = cache
+    check_dout(dout, x_shape, "frozen_batch_norm_backward")
     return dout * scale[:, None, None]
 
 
+@finite_checked("out", "cache")
 def group_norm_forward(x, gamma, beta, *, num_groups, eps=1e-5):
     """x: (N, C, H, W), gamma/beta: (C,) -> y (N, C, H, W), cache. C must be divisible by num_groups."""
     check_float_array(x, "x", 4, "(N, C, H, W)")
@@ -70,9 +74,11 @@ def group_norm_forward(x, gamma, beta, *, num_groups, eps=1e-5):
     return out, (x_hat, inv_std, gamma, num_groups)
 
 
+@finite_checked("dx", "dgamma", "dbeta")
 def group_norm_backward(dout, cache):
     """dout: (N, C, H, W) -> (dx, dgamma (C,), dbeta (C,))."""
     x_hat, inv_std, gamma, G = cache
+    check_dout(dout, x_hat.shape, "group_norm_backward")
     N, C, H, W = dout.shape
     dgamma = np.sum(dout * x_hat, axis=(0, 2, 3))  # (C,)
     dbeta = dout.sum(axis=(0, 2, 3))  # (C,)

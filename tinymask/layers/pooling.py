@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinymask._validate import as_pair, check_float_array
+from tinymask._validate import as_pair, check_dout, check_float_array, finite_checked
 from tinymask.layers.im2col import conv_output_size
 
 
+@finite_checked("out", "cache")
 def max_pool2d_forward(x, *, kernel_size, stride=None, padding=0):
     """x: (N, C, H, W) -> out (N, C, Ho, Wo), cache. `stride` defaults to the kernel size."""
     check_float_array(x, "x", 4, "(N, C, H, W)")
@@ -40,9 +41,11 @@ def max_pool2d_forward(x, *, kernel_size, stride=None, padding=0):
     return out, (x.shape, argmax, (kh, kw), (sh, sw), (ph, pw))
 
 
+@finite_checked("dx")
 def max_pool2d_backward(dout, cache):
     """Route each output's gradient to its window's arg-max: one strided add per kernel offset (no races)."""
     (N, C, H, W), argmax, (kh, kw), (sh, sw), (ph, pw) = cache
+    check_dout(dout, argmax.shape, "max_pool2d_backward")  # argmax has the output's shape
     Ho, Wo = dout.shape[2:]
     dx_pad = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=dout.dtype)
     for i in range(kh):
@@ -52,13 +55,16 @@ def max_pool2d_backward(dout, cache):
     return dx_pad[:, :, ph:ph + H, pw:pw + W].copy()
 
 
+@finite_checked("out", "cache")
 def global_avg_pool_forward(x):
     """x: (N, C, H, W) -> out (N, C): the mean over each map. The C4 box head ends this way, as ResNet's classifier does (ResNet Table 1)."""
     check_float_array(x, "x", 4, "(N, C, H, W)")
     return x.mean(axis=(2, 3)), x.shape
 
 
+@finite_checked("dx")
 def global_avg_pool_backward(dout, cache):
     """Each of the H·W inputs of a mean gets 1/(H·W) of its gradient."""
     N, C, H, W = cache
+    check_dout(dout, (N, C), "global_avg_pool_backward")
     return np.broadcast_to(dout[:, :, None, None] / (H * W), cache).copy()

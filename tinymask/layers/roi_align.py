@@ -81,7 +81,7 @@ import math
 
 import numpy as np
 
-from tinymask._validate import as_pair, check_float_array
+from tinymask._validate import as_pair, check_dout, check_float_array, finite_checked
 from tinymask.ops import get_ops
 
 MODES = ("avg", "max")
@@ -223,6 +223,7 @@ def _check_mode(mode):
 # Forward and backward
 # --------------------------------------------------------------------------------------------------------------------
 
+@finite_checked("out", "cache")
 def roi_align_forward(
     features, rois, *, output_size, spatial_scale, sampling_ratio=-1, aligned=False, mode="avg", outside="zero",
     backend=None,
@@ -247,8 +248,16 @@ def roi_align_forward(
     return out, (features.shape, features.dtype, ops.NAME, geometry, saved)
 
 
+def roi_output_shape(cache) -> tuple[int, int, int, int]:
+    """(K, C, oh, ow), the shape of the output whose `cache` this is (RoIAlign's or RoIWarp's): what dout must be."""
+    shape, _, _, (rois, _, (oh, ow), *_), _ = cache
+    return len(rois), shape[1], oh, ow
+
+
+@finite_checked("dfeatures", "drois")
 def roi_align_backward(dout, cache):
     """dout (K, C, oh, ow) -> (dfeatures (N, C, H, W), None): the RoIs are constants and get no gradient."""
+    check_dout(dout, roi_output_shape(cache), "roi_align_backward")
     shape, dtype, backend, geometry, saved = cache
     dout = np.asarray(dout, dtype=dtype)  # the gradient has the features' dtype
     return get_ops(backend).roi_align_backward(dout, saved, shape, *geometry), None

@@ -25,6 +25,7 @@ import math
 
 import numpy as np
 
+from tinymask._validate import check_dout, finite_checked
 from tinymask.layers.roi_align import check_roi_inputs
 
 
@@ -67,6 +68,7 @@ def bin_samples(roi, p: int, q: int, oh: int, ow: int, spatial_scale: float, sam
     return points, max(gh * gw, 1)
 
 
+@finite_checked("out", "cache")
 def roi_align_forward_naive(features, rois, *, output_size, spatial_scale, sampling_ratio=-1, aligned=False,
                             mode="avg", outside="zero"):
     """RoIAlign, loop by loop: features (N, C, H, W), rois (K, 5) -> out (K, C, oh, ow), cache.
@@ -95,9 +97,11 @@ def roi_align_forward_naive(features, rois, *, output_size, spatial_scale, sampl
     return out, cache
 
 
+@finite_checked("dfeatures", "drois")
 def roi_align_backward_naive(dout, cache):
     """dout (K, C, oh, ow) -> (dfeatures (N, C, H, W), None): each sample hands `dout × weight` to its four cells."""
     shape, batch, rois, (oh, ow), spatial_scale, sampling_ratio, aligned, mode, outside, winners = cache
+    check_dout(dout, (len(rois), shape[1], oh, ow), "roi_align_backward_naive")
     dfeatures = np.zeros(shape, dtype=dout.dtype)  # (N, C, H, W)
     H, W = shape[2:]
     for k, roi in enumerate(rois):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tinymask._validate import check_dout, finite_checked
 from tinymask.layers.roi_align import check_roi_inputs
 from tinymask.ops import get_ops
 
@@ -47,6 +48,7 @@ def pool_bin_edges(start, roi_size, n_bins, size):
     return np.clip(begin, 0, size), np.clip(end, 0, size)
 
 
+@finite_checked("out", "cache")
 def roi_pool_forward(features, rois, *, output_size, spatial_scale, backend=None):
     """RoIPool: features (N, C, H, W), rois (K, 5) `[batch_index, x0, y0, x1, y1]` -> out (K, C, oh, ow), cache.
 
@@ -59,9 +61,11 @@ def roi_pool_forward(features, rois, *, output_size, spatial_scale, backend=None
     return out, (features.shape, features.dtype, batch, argmax, ops.NAME)
 
 
+@finite_checked("dfeatures", "drois")
 def roi_pool_backward(dout, cache):
     """dout (K, C, oh, ow) -> (dfeatures (N, C, H, W), None): each output's gradient goes to its winning cell."""
     shape, dtype, batch, argmax, backend = cache
+    check_dout(dout, argmax.shape, "roi_pool_backward")  # argmax (K, C, oh, ow) has the output's shape
     return get_ops(backend).roi_pool_backward(np.asarray(dout, dtype=dtype), argmax, batch, shape), None
 
 

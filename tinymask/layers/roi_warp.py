@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinymask.layers.roi_align import check_roi_inputs, roi_align_backward, roi_align_forward
+from tinymask._validate import check_dout, finite_checked
+from tinymask.layers.roi_align import check_roi_inputs, roi_align_backward, roi_align_forward, roi_output_shape
 from tinymask.layers.roi_pool import round_half_away
 
 
@@ -32,6 +33,7 @@ def quantize_rois(rois, spatial_scale):
     return q
 
 
+@finite_checked("out", "cache")
 def roi_warp_forward(features, rois, *, output_size, spatial_scale, sampling_ratio=-1, mode="avg", outside="zero",
                      backend=None):
     """RoIWarp: features (N, C, H, W), rois (K, 5) -> out (K, C, oh, ow), cache. Keywords as `roi_align_forward`."""
@@ -43,6 +45,8 @@ def roi_warp_forward(features, rois, *, output_size, spatial_scale, sampling_rat
     )
 
 
+@finite_checked("dfeatures", "drois")
 def roi_warp_backward(dout, cache):
     """dout (K, C, oh, ow) -> (dfeatures (N, C, H, W), None): RoIAlign's backward on the rounded boxes."""
+    check_dout(dout, roi_output_shape(cache), "roi_warp_backward")
     return roi_align_backward(dout, cache)

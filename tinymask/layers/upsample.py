@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinymask._validate import as_pair, check_float_array
+from tinymask._validate import as_pair, check_dout, check_float_array, finite_checked
 
 
 def nearest_indices(size_in: int, size_out: int) -> np.ndarray:
@@ -23,6 +23,7 @@ def nearest_indices(size_in: int, size_out: int) -> np.ndarray:
     return (np.arange(size_out) * size_in) // size_out  # (size_out,)
 
 
+@finite_checked("out", "cache")
 def upsample_nearest_forward(x, *, size=None, scale_factor=None):
     """x: (N, C, H, W) -> (N, C, Ho, Wo) with `size=(Ho, Wo)` or an integer `scale_factor` (2 in FPN)."""
     check_float_array(x, "x", 4, "(N, C, H, W)")
@@ -41,9 +42,11 @@ def upsample_nearest_forward(x, *, size=None, scale_factor=None):
     return out, (x.shape, iy, ix)
 
 
+@finite_checked("dx")
 def upsample_nearest_backward(dout, cache):
     """Sum the gradients of the copies back onto their source pixel: dx = A_hᵀ @ dout @ A_w."""
     (N, C, H, W), iy, ix = cache
+    check_dout(dout, (N, C, len(iy), len(ix)), "upsample_nearest_backward")
     a_h = (iy[:, None] == np.arange(H)).astype(dout.dtype)  # (Ho, H) one-hot
     a_w = (ix[:, None] == np.arange(W)).astype(dout.dtype)  # (Wo, W) one-hot
     return a_h.T @ dout @ a_w  # (N, C, H, W)
