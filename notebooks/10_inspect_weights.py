@@ -66,9 +66,11 @@ def short(name):
 # | box head fc6, fc7 | uniform $\pm 1/\sqrt{\text{fan-in}}$ (PyTorch's `nn.Linear`) | $1 / \sqrt{3\,\text{fan-in}}$ |
 # | class scores / box deltas | normal | 0.01 / 0.001 |
 #
-# For the stem's 7×7 conv with 32 output channels: $\sqrt{2 / (32\cdot 49)} = 0.0357$. (The mask head's
-# deconv has layout `(C_in, C_out, k, k)`, so its fan-out is `shape[1]·k²`; its last 1×1 conv to the $K$ masks
-# uses fan-out $K$.) A uniform distribution on $\pm b$ has standard deviation $b/\sqrt 3$.
+# For the stem's 7×7 conv with 32 output channels: $\sqrt{2 / (32\cdot 49)} = 0.0357$. (PyTorch takes the fan-out
+# of any weight as `shape[0]·k²`. The mask head's deconv has layout `(C_in, C_out, k, k)`, so its "fan-out" is
+# $C_\text{in} k^2$, which is what torchvision's `kaiming_normal_(mode="fan_out")` gives it and what tinymask copies;
+# here $C_\text{in} = C_\text{out}$, so it makes no difference. The last 1×1 conv to the $K$ masks uses fan-out $K$.)
+# A uniform distribution on $\pm b$ has standard deviation $b/\sqrt 3$.
 
 # %%
 from tinymask.config import MaskRCNNConfig
@@ -89,8 +91,8 @@ def predicted_std(name, shape):
         return 1 / np.sqrt(3 * shape[1])
     if "fpn." in name:
         return np.sqrt(1 / np.prod(shape[1:]))
-    if "conv5_mask" in name:  # transposed conv: (C_in, C_out, k, k)
-        return np.sqrt(2 / (shape[1] * shape[2] * shape[3]))
+    if "conv5_mask" in name:  # transposed conv (C_in, C_out, k, k): PyTorch's fan-out is shape[0]·k² = C_in·k²
+        return np.sqrt(2 / (shape[0] * shape[2] * shape[3]))
     if "mask_fcn_logits" in name:
         return np.sqrt(2 / shape[0])
     return np.sqrt(2 / (shape[0] * shape[2] * shape[3]))  # He normal, fan-out

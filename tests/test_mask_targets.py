@@ -42,6 +42,17 @@ def test_by_hand():
     np.testing.assert_array_equal(out[2], np.tile([1.0, 0.75, 0.0, 0.0], (4, 1)))
 
 
+def test_by_hand_aligned():
+    """aligned=True (detectron2's targets) shifts the box by -0.5 first: on mask 2 the samples of the box [0, 0, 8, 8]
+    fall at x = 0, 1 | 2, 3 | 4, 5 | 6, 7, pixel centres, so the edge at x = 4 is where it is: [1, 1, 0, 0]."""
+    masks = np.zeros((1, 8, 8), dtype=bool)
+    masks[0, :, :4] = True
+    out = project_masks_on_boxes(masks, np.array([[0.0, 0.0, 8.0, 8.0]]), np.array([0]), 4, aligned=True)
+    np.testing.assert_array_equal(out[0], np.tile([1.0, 1.0, 0.0, 0.0], (4, 1)))
+    unaligned = project_masks_on_boxes(masks, np.array([[0.0, 0.0, 8.0, 8.0]]), np.array([0]), 4)
+    np.testing.assert_array_equal(unaligned[0], np.tile([1.0, 0.75, 0.0, 0.0], (4, 1)))
+
+
 def test_dtypes_and_empty():
     masks = np.ones((2, 6, 6), dtype=np.uint8)
     out = project_masks_on_boxes(masks, np.array([[1, 1, 4, 4]], dtype=np.float32), np.array([1]), 5)

@@ -18,6 +18,8 @@ import json
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from tinymask._files import write_json
 
 BACKBONES = ("fpn", "c4", "c5")
@@ -26,6 +28,32 @@ ROI_EXTRACTORS = ("align", "pool", "warp")
 ROI_MODES = ("avg", "max")
 MASK_HEADS = ("fcn", "mlp")
 MASK_LOSSES = ("sigmoid", "softmax")
+
+# Range checks of `MaskRCNNConfig.validate`, by field.
+POSITIVE = ("min_size", "max_size", "size_divisible", "box_pool_size", "mask_pool_size", "fpn_channels",
+            "fpn_canonical_size", "stem_channels", "base_channels", "width_per_group", "num_groups",
+            "rpn_batch_size_per_image", "rpn_pre_nms_top_n_train", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_train",
+            "rpn_post_nms_top_n_test", "box_batch_size_per_image", "box_detections_per_img", "box_head_representation",
+            "mask_mlp_hidden")
+NON_NEGATIVE = ("mask_deconv_channels", "norm_eps", "rpn_box_beta", "box_box_beta")
+UNIT_INTERVAL = ("rpn_fg_iou_thresh", "rpn_bg_iou_thresh", "rpn_positive_fraction", "rpn_nms_thresh", "rpn_score_thresh",
+                 "box_fg_iou_thresh", "box_bg_iou_thresh", "box_positive_fraction", "box_score_thresh", "box_nms_thresh")
+LIST_ITEMS = {"class_names": "str", "resnet_blocks": "int", "anchor_sizes": "float", "aspect_ratios": "float",
+              "box_coder_weights": "float", "mask_head_layers": "int", "image_mean": "float", "image_std": "float"}
+KIND_WORDS = {"int": "an int", "float": "a number", "bool": "true or false", "str": "a string", "list": "a list"}
+PLURAL_WORDS = {"int": "ints", "float": "numbers", "str": "strings"}
+
+
+def _is_a(value, kind: str) -> bool:
+    """Whether `value` is of the config's kind "int", "float" (any real number), "bool", "str" or "list"; a bool is
+    not a number here (True would pass as 1)."""
+    if kind == "bool":
+        return isinstance(value, (bool, np.bool_))
+    if kind in ("int", "float"):
+        if isinstance(value, (bool, np.bool_)):
+            return False
+        return isinstance(value, (int, np.integer) if kind == "int" else (int, float, np.integer, np.floating))
+    return isinstance(value, {"str": str, "list": (list, tuple)}[kind])
 
 
 @dataclass
@@ -80,15 +108,16 @@ class MaskRCNNConfig:
     box_pool_size: int = 7  # 7x7 RoI features for the box head (Fig. 4)
     mask_pool_size: int = 14  # 14x14 RoI features for the mask head (Fig. 4); masks are 2x this (28x28)
     pooler_sampling_ratio: int = 2  # RoIAlign samples per bin side (torchvision); <= 0: adaptive
-    pooler_aligned: bool = False  # torchvision's default; detectron2 uses True (half-pixel shift)
+    pooler_aligned: bool = False  # torchvision's default; detectron2 uses True (half-pixel shift). RoIAlign only
+    #                               (RoIPool and RoIWarp round the box); the mask targets follow it
     pooler_outside: str = "zero"  # a bilinear sample beyond one cell outside the map reads 0 (torchvision's C++/CUDA
     #                               kernels, detectron2); "edge": the edge value (torchvision's pure-Python roi_align);
     #                               the RoI features and the mask targets (both RoIAlign) follow it
     roi_extractor: str = "align"  # Table 2(c): "align" (RoIAlign), "pool" (RoIPool), "warp" (RoIWarp)
-    roi_mode: str = "avg"  # Table 2(c): "avg" or "max" pooling of the bilinear samples
+    roi_mode: str = "avg"  # Table 2(c): "avg" or "max" pooling of the bilinear samples (RoIPool: always max)
 
     # --- mask head (Mask R-CNN §3, Fig. 4; Table 2) ----------------------------------------------------------------
-    mask_head: str = "fcn"  # Table 2(e): "fcn" (4 convs + deconv) or "mlp" (fully connected)
+    mask_head: str = "fcn"  # Table 2(e): "fcn" (4 convs + deconv) or "mlp" (fully connected; FPN and C5 only)
     mask_head_layers: list = field(default_factory=lambda: [256, 256, 256, 256])  # Fig. 4: four 3x3 convs, 256 ch
     mask_deconv_channels: int = 0  # output width of the 2x2 deconv; 0 = the last conv's width (Fig. 4: 256); C4: 256
     mask_mlp_hidden: int = 1024  # Table 2(e) MLP: fc 1024 -> fc 1024 -> fc 28*28*K (width of its hidden layers)
@@ -107,22 +136,48 @@ class MaskRCNNConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise a ValueError naming the field for any value out of its allowed set or range."""
-        choices = {"pooler_outside": ("zero", "edge"), "backbone": BACKBONES, "norm": NORMS, "roi_extractor": ROI_EXTRACTORS, "roi_mode": ROI_MODES,
-                   "mask_head": MASK_HEADS, "mask_loss": MASK_LOSSES}
+        """Raise a ValueError naming the field for any value of the wrong type, out of its allowed set or range, or
+        in a combination of switches that cannot run; each message says why and what to change."""
+        self._check_types()
+        choices = {"pooler_outside": ("zero", "edge"), "backbone": BACKBONES, "norm": NORMS,
+                   "roi_extractor": ROI_EXTRACTORS, "roi_mode": ROI_MODES, "mask_head": MASK_HEADS,
+                   "mask_loss": MASK_LOSSES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"config field {name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.num_classes < 2:
             raise ValueError(f"num_classes counts the background too and must be >= 2, got {self.num_classes}")
         if self.class_names and len(self.class_names) != self.num_classes:
-            raise ValueError(f"class_names has {len(self.class_names)} names for num_classes={self.num_classes}")
+            raise ValueError(f"class_names has {len(self.class_names)} names for num_classes={self.num_classes} "
+                             f"(index 0 is the background): give one name per class or none")
         if len(self.resnet_blocks) != 4 or min(self.resnet_blocks) < 1:
             raise ValueError(f"resnet_blocks must be 4 positive block counts (C2..C5), got {self.resnet_blocks}")
+        for name in POSITIVE:
+            if getattr(self, name) < 1:
+                raise ValueError(f"config field {name} must be positive, got {getattr(self, name)}")
+        for name in NON_NEGATIVE:
+            if getattr(self, name) < 0:
+                raise ValueError(f"config field {name} must be >= 0, got {getattr(self, name)}")
+        for name in UNIT_INTERVAL:
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"config field {name} is an IoU, a fraction or a probability and must lie in "
+                                 f"[0, 1], got {getattr(self, name)}")
+        for fg, bg in (("rpn_fg_iou_thresh", "rpn_bg_iou_thresh"), ("box_fg_iou_thresh", "box_bg_iou_thresh")):
+            if getattr(self, bg) > getattr(self, fg):
+                raise ValueError(f"config field {bg} ({getattr(self, bg)}) must not exceed {fg} "
+                                 f"({getattr(self, fg)}): a box cannot be background above the foreground IoU")
+        for name, count in (("anchor_sizes", 0), ("aspect_ratios", 0), ("box_coder_weights", 4), ("image_std", 3)):
+            values = getattr(self, name)
+            if not values or (count and len(values) != count) or min(values) <= 0:
+                what = f"{count} positive numbers" if count else "a non-empty list of positive numbers"
+                raise ValueError(f"config field {name} must be {what}, got {list(values)}")
+        if len(self.image_mean) != 3:
+            raise ValueError(f"config field image_mean must be 3 numbers (R, G, B), got {list(self.image_mean)}")
+        if self.mask_head_layers and min(self.mask_head_layers) < 1:
+            raise ValueError(f"config field mask_head_layers must hold positive widths (or be empty: no convs), got "
+                             f"{list(self.mask_head_layers)}")
         if self.backbone == "fpn" and len(self.anchor_sizes) != 5:
             raise ValueError(f"the FPN backbone has 5 levels (P2..P6) and needs 5 anchor_sizes, got {self.anchor_sizes}")
-        if self.mask_loss == "softmax" and self.class_agnostic_mask:
-            raise ValueError("a class-agnostic mask has one channel: the softmax mask loss needs one per class")
         if self.norm == "group_norm":
             widths = [self.stem_channels] + [self.base_channels * 2 ** i * f for i in range(4)
                                              for f in (self.width_per_group / 64, 4)]
@@ -130,10 +185,40 @@ class MaskRCNNConfig:
             if bad:
                 raise ValueError(f"group norm with num_groups={self.num_groups} needs every width divisible by it; "
                                  f"these are not: {sorted(set(bad))}")
-        for name in ("min_size", "max_size", "size_divisible", "box_pool_size", "mask_pool_size", "fpn_channels",
-                     "fpn_canonical_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"config field {name} must be positive, got {getattr(self, name)}")
+        self._check_combinations()
+
+    def _check_types(self) -> None:
+        """Each field must hold its declared type, as JSON gives it: an int where an int is declared (a float
+        would break array shapes later), a real bool (the string "false" would be true), lists of numbers."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not _is_a(value, f.type):  # f.type: "int", "float", "bool", "str" or "list" (postponed annotations)
+                raise ValueError(f"config field {f.name} must be {KIND_WORDS[f.type]}, got {value!r} "
+                                 f"({type(value).__name__})")
+        for name, kind in LIST_ITEMS.items():
+            if not all(_is_a(v, kind) for v in getattr(self, name)):
+                raise ValueError(f"config field {name} must be a list of {PLURAL_WORDS[kind]}, got "
+                                 f"{getattr(self, name)!r}")
+
+    def _check_combinations(self) -> None:
+        """Refuse the combinations of switches that cannot run. Every other combination of backbone, mask_head,
+        roi_extractor, roi_mode, mask_loss, class_agnostic_mask and pooler_aligned trains
+        (tests/test_bad_input_model.py runs each); roi_mode is ignored by RoIPool (always max) and pooler_aligned
+        by RoIPool and RoIWarp (they round the box instead), and the mask targets follow what the features do."""
+        if self.backbone == "c4" and self.mask_head == "mlp":
+            raise ValueError("mask_head='mlp' does not fit backbone='c4': C4's mask branch deconvolves res5's output "
+                             "(Fig. 4 left), while the MLP of Table 2(e) is a variant of the FPN head, replacing its "
+                             "convs on 14x14 RoIAlign features (Fig. 4 right). Use mask_head='fcn' with C4, or the "
+                             "MLP with backbone='fpn' or 'c5'")
+        if self.backbone == "c4" and self.box_pool_size % 2:
+            raise ValueError(f"backbone='c4' needs an even box_pool_size, got {self.box_pool_size}: res5 halves the "
+                             f"RoI features (stride 2) and the mask deconvolution doubles them back, so an odd size "
+                             f"would give masks one pixel larger than their targets. Use 14 (Fig. 4 left) or another "
+                             f"even size")
+        if self.mask_loss == "softmax" and self.class_agnostic_mask:
+            raise ValueError("a class-agnostic mask has one channel: the softmax mask loss needs one per class. Use "
+                             "mask_loss='sigmoid' with class_agnostic_mask=True (Table 2b), or the softmax with "
+                             "class_agnostic_mask=False")
 
     @property
     def mask_resolution(self) -> int:
@@ -150,11 +235,14 @@ class MaskRCNNConfig:
         if name == "resnet50_c4":
             # Mask R-CNN Fig. 4 left: C4 features (stride 16), stage 5 on 14x14 RoIs as the box head, 2048-d;
             # the mask branch deconvolves res5's 7x7 output to 14x14 masks. One level: 15 anchors per cell
-            # (Faster R-CNN §3.1: sizes 32..512, three ratios). Detectron's C4 recipe samples 512 RoIs too.
+            # (Faster R-CNN §3.1: sizes 32..512, three ratios). Mask R-CNN §3.1 "Implementation Details": "N is 64
+            # for the C4 backbone" RoIs per image in training, and at test time "the proposal number is 300 for the
+            # C4 backbone" (Detectron's C4 configs use 512 and 1000 instead). Pre-NMS top 12000 / 6000 and 2000
+            # proposals in training: Detectron's C4 settings (the paper gives none).
             return cls(backbone="c4", anchor_sizes=[32, 64, 128, 256, 512], box_pool_size=14, mask_pool_size=14,
-                       mask_head_layers=[], mask_deconv_channels=256,
+                       mask_head_layers=[], mask_deconv_channels=256, box_batch_size_per_image=64,
                        rpn_pre_nms_top_n_train=12000, rpn_pre_nms_top_n_test=6000,
-                       rpn_post_nms_top_n_train=2000, rpn_post_nms_top_n_test=1000)
+                       rpn_post_nms_top_n_train=2000, rpn_post_nms_top_n_test=300)
         if name == "small":
             # tinymask's own CPU preset for the 128x128 shapes data set: a narrow GroupNorm ResNet (one block per
             # stage) trained from scratch, a 64-channel FPN, fewer proposals and RoIs. Anchor sizes halved since

@@ -30,7 +30,8 @@ from tinymask.layers.upsample import nearest_indices
 
 
 def check_image(image, name: str = "image") -> None:
-    """An image is a (3, H, W) float32/float64 array of finite values."""
+    """An image is a (3, H, W) float32/float64 array of finite values in [0, 1] (a 0..255 float image would be
+    normalised wrongly without any error, so it is refused here)."""
     if not isinstance(image, np.ndarray):
         raise TypeError(f"{name} must be a NumPy array (3, H, W), got {type(image).__name__}")
     if image.dtype not in (np.float32, np.float64):
@@ -41,6 +42,10 @@ def check_image(image, name: str = "image") -> None:
     if image.shape[1] < 1 or image.shape[2] < 1:
         raise ValueError(f"{name} is empty: shape {image.shape}")
     check_finite(image, name)
+    low, high = float(image.min()), float(image.max())
+    if low < 0 or high > 1:
+        raise ValueError(f"{name} must hold values in [0, 1], got [{low:g}, {high:g}] (divide 0..255 images by 255; "
+                         f"the model normalises with cfg.image_mean and cfg.image_std itself)")
 
 
 def resized_size(hw, min_size: int, max_size: int) -> tuple[tuple[int, int], float]:
@@ -98,6 +103,11 @@ def preprocess(images, cfg, dtype=np.float32):
     resized, original_sizes = [], []
     for i, image in enumerate(images):
         check_image(image, f"images[{i}]")
+        (h2, w2), _ = resized_size(image.shape[1:], cfg.min_size, cfg.max_size)
+        if h2 < 1 or w2 < 1:
+            raise ValueError(f"images[{i}] of size {image.shape[1]}x{image.shape[2]} (HxW) would be resized to "
+                             f"{h2}x{w2}: with min_size={cfg.min_size} and max_size={cfg.max_size} its aspect ratio is "
+                             f"too extreme; crop or pad it, or raise max_size")
         original_sizes.append(tuple(image.shape[1:]))
         normalised = (image.astype(dtype, copy=False) - mean) / std  # (3, H, W)
         resized.append(resize_image(normalised, cfg.min_size, cfg.max_size))  # (3, H', W')
@@ -141,10 +151,12 @@ def postprocess(detections, image_sizes, original_sizes, mask_threshold: float |
 
 
 def check_targets(images, targets, num_classes: int) -> None:
-    """Each image (3, H, W) float, finite; each target {"boxes" (G, 4), "labels" (G,), "masks" (G, H, W)} consistent.
+    """Each image (3, H, W) float, finite, in [0, 1]; each target a dict of NumPy arrays {"boxes" (G, 4) float,
+    "labels" (G,) int, "masks" (G, H, W) binary} consistent with it.
 
     Boxes must have positive width and height and lie inside the image (a tolerance of 0.01 pixel); labels must lie
-    in 1..num_classes−1 (0 is the background); an image with G = 0 is valid (it teaches the background).
+    in 1..num_classes−1 (0 is the background); masks hold 0 and 1 only (bool or any dtype; NaN is not 0 or 1); an
+    image with G = 0 is valid (it teaches the background).
     """
     if len(images) != len(targets):
         raise ValueError(f"got {len(images)} images but {len(targets)} targets")
@@ -153,10 +165,15 @@ def check_targets(images, targets, num_classes: int) -> None:
     for i, (image, t) in enumerate(zip(images, targets)):
         check_image(image, f"images[{i}]")
         H, W = image.shape[1:]
+        if not isinstance(t, dict):
+            raise TypeError(f"targets[{i}] must be a dict with 'boxes', 'labels' and 'masks', got {type(t).__name__}")
         for key in ("boxes", "labels", "masks"):
             if key not in t:
                 raise ValueError(f"targets[{i}] has no {key!r} (it needs 'boxes', 'labels' and 'masks')")
-        boxes, labels, masks = (np.asarray(t[k]) for k in ("boxes", "labels", "masks"))
+            if not isinstance(t[key], np.ndarray):
+                raise TypeError(f"targets[{i}][{key!r}] must be a NumPy array, got {type(t[key]).__name__} "
+                                f"(convert it with np.asarray)")
+        boxes, labels, masks = (t[k] for k in ("boxes", "labels", "masks"))
         if boxes.ndim != 2 or boxes.shape[1] != 4:
             raise ValueError(f"targets[{i}]['boxes'] must have shape (G, 4), got {boxes.shape}")
         if not np.issubdtype(boxes.dtype, np.floating):
@@ -168,6 +185,10 @@ def check_targets(images, targets, num_classes: int) -> None:
         if masks.shape != (G, H, W):
             raise ValueError(f"targets[{i}]['masks'] must have shape (G, H, W) = {(G, H, W)} (one mask per box, the "
                              f"image's size), got {masks.shape}")
+        if masks.dtype != np.bool_ and masks.size and not np.all((masks == 0) | (masks == 1)):
+            values = np.unique(masks[(masks != 0) & (masks != 1)])[:3].tolist()
+            raise ValueError(f"targets[{i}]['masks'] must be binary (0 and 1, or bool), but holds {values}; for "
+                             f"0/255 masks use masks > 0")
         if not np.all(np.isfinite(boxes)):
             raise ValueError(f"targets[{i}]['boxes'] contains NaN or infinity")
         if G and (labels.min() < 1 or labels.max() >= num_classes):

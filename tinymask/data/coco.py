@@ -40,14 +40,16 @@ file may leave out "annotations" (a test set).
 The JSON is checked when the dataset is built and each image file when it is read. A malformed input raises
 `CocoFormatError` naming the annotation file, the record (e.g. `annotations[12] (id=45)`) and the problem: missing
 keys (named), a polygon with fewer than three points, an annotation pointing at an unknown image or category id,
-a bbox with negative width or height, an RLE whose size is not its image's, duplicate ids, and an image file that
-is missing, unreadable, or not the size its record says.
+a bbox with negative width or height, NaN or infinity in a bbox or polygon, an `iscrowd` other than 0 or 1, a
+`file_name` that is not a string, an RLE whose size is not its image's, duplicate ids, and an image file that is
+missing, unreadable, or not the size its record says.
 
 Images are read with Pillow; grayscale, palette and RGBA images are converted to RGB (alpha is dropped).
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 from numbers import Real
 
@@ -126,6 +128,9 @@ class CocoDataset:
             for key in ("width", "height"):
                 if not isinstance(img[key], int) or isinstance(img[key], bool) or img[key] < 1:
                     raise self._error(where, f"{key} must be a positive int, got {img[key]!r}")
+            if not isinstance(img["file_name"], str) or not img["file_name"]:
+                raise self._error(where, f"file_name must be a non-empty string (a path relative to the images "
+                                         f"folder), got {img['file_name']!r}")
             self._image_index[img["id"]] = len(self.images)
             self.images.append(img)
 
@@ -141,6 +146,8 @@ class CocoDataset:
             if ann["category_id"] not in self.category_id_to_label:
                 raise self._error(where, f"category_id {ann['category_id']!r} names no category in 'categories'")
             self._check_bbox(ann["bbox"], where)
+            if ann.get("iscrowd", 0) not in (0, 1):  # True and False compare equal to 1 and 0
+                raise self._error(where, f"iscrowd must be 0 or 1, got {ann['iscrowd']!r}")
             img = self.images[self._image_index[ann["image_id"]]]
             self._check_segmentation(ann["segmentation"], img["height"], img["width"], where)
             self._annotations[self._image_index[ann["image_id"]]].append((where, ann))
@@ -172,6 +179,8 @@ class CocoDataset:
     def _check_bbox(self, bbox, where):
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
             raise self._error(where, f"bbox must be a list of 4 numbers [x, y, width, height], got {bbox!r}")
+        if not all(math.isfinite(v) for v in bbox):
+            raise self._error(where, f"bbox {bbox} contains NaN or infinity")
         if bbox[2] < 0:
             raise self._error(where, f"bbox {bbox} has negative width {bbox[2]}")
         if bbox[3] < 0:
@@ -185,6 +194,8 @@ class CocoDataset:
                 if not (isinstance(poly, list) and all(_is_number(v) for v in poly)):
                     raise self._error(where, f"segmentation polygon {p} must be a flat list of numbers "
                                              f"[x0, y0, x1, y1, ...]")
+                if not all(math.isfinite(v) for v in poly):
+                    raise self._error(where, f"segmentation polygon {p} contains NaN or infinity")
                 if len(poly) % 2:
                     raise self._error(where, f"segmentation polygon {p} has an odd number of coordinates "
                                              f"({len(poly)})")

@@ -36,7 +36,13 @@ def mask_channels(cfg) -> int:
 
 
 def init_mask_head_params(in_channels: int, cfg, rng, dtype=np.float32) -> dict:
-    """Kaiming-normal (fan-out) convs with zero biases (torchvision's MaskRCNNHeads / MaskRCNNPredictor)."""
+    """Kaiming-normal (fan-out) convs and deconv with zero biases (torchvision's MaskRCNNHeads / MaskRCNNPredictor:
+    `kaiming_normal_(mode="fan_out", nonlinearity="relu")`, std = sqrt(2 / fan_out)).
+
+    PyTorch computes fan_out as weight.shape[0]·k·k for any weight. A conv weight is (C_out, C_in, k, k), so that is
+    C_out·k·k; a transposed conv's is (C_in, C_out, k, k), so for the deconv `conv5_mask` it is C_in·k·k. The FPN
+    head's deconv keeps its width (256 -> 256, C_in = C_out) and is not affected; the C4 head's (2048 -> 256) is.
+    """
     def kaiming(shape, fan_out):
         return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_out)).astype(dtype)
 
@@ -55,7 +61,7 @@ def init_mask_head_params(in_channels: int, cfg, rng, dtype=np.float32) -> dict:
         params[f"{HEAD}.{i}.0.bias"] = np.zeros(width, dtype)
         c = width
     d = cfg.mask_deconv_channels or c
-    params[f"{DECONV}.weight"] = kaiming((c, d, 2, 2), d * 4)  # (C_in, C_out, 2, 2)
+    params[f"{DECONV}.weight"] = kaiming((c, d, 2, 2), c * 4)  # (C_in, C_out, 2, 2): PyTorch's fan_out = C_in·2·2
     params[f"{DECONV}.bias"] = np.zeros(d, dtype)
     params[f"{LOGITS}.weight"] = kaiming((K, d, 1, 1), K)
     params[f"{LOGITS}.bias"] = np.zeros(K, dtype)
@@ -105,9 +111,11 @@ def mask_head_backward(dlogits, cache):
 
 def mask_targets(boxes: list, matched_idxs: list, gt_masks: list, cfg) -> np.ndarray:
     """Per image: positive RoIs (P_i, 4), their matched ground-truth indices (P_i,) and the image's (G_i, H, W)
-    masks -> all images' targets (ΣP_i, M, M), each instance's mask resampled into its RoI's M×M grid."""
+    masks -> all images' targets (ΣP_i, M, M), each instance's mask resampled into its RoI's M×M grid, with RoIAlign's
+    half-pixel shift exactly when the RoI features have it (`pooler_aligned` and `roi_extractor="align"`)."""
     M = cfg.mask_resolution
-    out = [project_masks_on_boxes(masks.astype(b.dtype), b, idx, M, outside=cfg.pooler_outside)
+    aligned = cfg.pooler_aligned and cfg.roi_extractor == "align"  # as the RoI features are pooled (model.py)
+    out = [project_masks_on_boxes(masks.astype(b.dtype), b, idx, M, outside=cfg.pooler_outside, aligned=aligned)
            for b, idx, masks in zip(boxes, matched_idxs, gt_masks)]
     targets = np.concatenate(out, axis=0) if out else np.zeros((0, M, M))
     return np.clip(targets, 0.0, 1.0)  # bilinear sums of 0/1 pixels can overshoot 1 by a rounding error

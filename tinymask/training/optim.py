@@ -17,12 +17,28 @@ For every trainable parameter p with gradient g (PyTorch's `torch.optim.SGD`, wh
 The original Detectron (Caffe2) folds η into the velocity (v = μ·v + η·g', p = p − v); the two agree while η is
 constant and differ only for a few iterations after each step of the schedule. We follow PyTorch.
 
-**Which parameters decay.** The rule is by shape: a parameter with **one dimension or fewer** is not decayed. Those
-are exactly the biases (of convolutions and fully connected layers) and the per-channel scale and shift of the
-norms (GroupNorm's or BatchNorm's `weight` and `bias`); every convolution and fully connected weight has 2 or 4
-dimensions. Shrinking a norm's scale towards 0 only fights the norm (the next layer sees the same normalised
-activations times a smaller number), and a bias does not take part in overfitting the way a weight does; detectron2
-sets `WEIGHT_DECAY_NORM = 0` and the original Detectron `BIAS_WEIGHT_DECAY = False` for the same reasons.
+**Which parameters decay.** The rule is by shape (`decays_weight`): a parameter with **one dimension or fewer** is not
+decayed. Those are exactly the biases (of convolutions and fully connected layers) and the per-channel scale and
+shift of the norms (GroupNorm's `weight` and `bias`; frozen BatchNorm's are not trained at all); every convolution
+and fully connected weight has 2 or 4 dimensions, and all of those decay. Every trainable parameter keeps the same
+learning rate. The references differ here, and tinymask matches none of them exactly:
+
+- the original Detectron (`detectron/modeling/optimizer.py`, `add_single_gpu_param_update_ops`) hard-codes, for
+  every bias, *no* weight decay *and* twice the learning rate (its gradient is scaled by 2, "mainly to match
+  historical impl. details"); GroupNorm's parameters decay by `SOLVER.WEIGHT_DECAY_GN` (default 0). There is no
+  config flag for the biases: `SOLVER.BIAS_WEIGHT_DECAY` and `SOLVER.BIAS_DOUBLE_LR` belong to a PyTorch port,
+  roytseng-tw/Detectron.pytorch, where they default to Detectron's behaviour;
+- detectron2 (`detectron2/solver/build.py`, `get_default_optimizer_params`) decays the biases like the weights by
+  default (`SOLVER.WEIGHT_DECAY_BIAS = None` means "as `WEIGHT_DECAY`", `BIAS_LR_FACTOR = 1.0`; its docstring calls
+  the two "legacy settings from Detectron1 that are not found useful") and leaves the norms undecayed
+  (`SOLVER.WEIGHT_DECAY_NORM = 0.0`);
+- torchvision's reference script (`references/detection/train.py`) decays every trainable parameter, biases and
+  norms included, unless `--norm-weight-decay` is given (default: none, the same decay as `--weight-decay`).
+
+tinymask keeps Detectron's "no decay on biases" and detectron2's "no decay on norms", and leaves out Detectron's
+doubled bias learning rate, as detectron2 does. Why: shrinking a norm's scale towards 0 only fights the norm (the next
+layer sees the same normalised activations times a smaller number), which matters here because the CPU recipes train
+GroupNorm from scratch; and a bias does not take part in overfitting the way a weight does.
 
 **Frozen parameters.** Parameters for which `model.is_trainable(name, cfg)` is False (frozen batch norm's statistics
 and affine, §3.1) get no gradient from `train_backward` and are never touched.
@@ -59,8 +75,9 @@ import numpy as np
 
 def decays_weight(name: str, value: np.ndarray) -> bool:
     """Whether weight decay applies to this parameter: only to those with 2 or more dimensions (conv and fc
-    weights), never to biases or norm scales and shifts (all 1-D). `name` is unused; it is there so that a
-    different rule (by name) can replace this one without changing the callers."""
+    weights), never to biases or norm scales and shifts (all 1-D); see "Which parameters decay" above for how this
+    differs from Detectron, detectron2 and torchvision. `name` is unused; it is there so that a different rule (by
+    name) can replace this one without changing the callers."""
     return np.ndim(value) >= 2
 
 
