@@ -31,7 +31,15 @@
 import os
 SMOKE = os.environ.get("TINYMASK_SMOKE") == "1"  # CI sets TINYMASK_SMOKE=1: smaller sizes, fewer iterations
 
+from tinymask.ops.threads import blas_threads, limit_threads
+
+# One BLAS thread: on a 2-core laptop that also runs a browser, a multi-threaded BLAS is often several times
+# slower (its threads wait for each other). `limit_threads` acts at once, before or after NumPy is imported.
+limit_threads(1)
+
 import numpy as np
+
+print("BLAS threads:", blas_threads())
 import matplotlib.pyplot as plt
 
 np.set_printoptions(precision=4, suppress=True, linewidth=120)
