@@ -293,7 +293,6 @@ def test_empty_targets_are_valid_and_bool_masks_too(tiny_model):
 
 @pytest.mark.parametrize("images,error,message", [
     ([], ValueError, "empty list of images"),
-    ([np.zeros((3, 2, 200))], ValueError, r"resized to 0x48.*aspect ratio is too extreme"),
     ([np.zeros((1, 3, 48, 48))], ValueError, r"shape \(3, H, W\)"),
     ([np.full((3, 8, 8), 2.0)], ValueError, r"values in \[0, 1\], got \[2, 2\]"),
 ])

@@ -103,11 +103,6 @@ def preprocess(images, cfg, dtype=np.float32):
     resized, original_sizes = [], []
     for i, image in enumerate(images):
         check_image(image, f"images[{i}]")
-        (h2, w2), _ = resized_size(image.shape[1:], cfg.min_size, cfg.max_size)
-        if h2 < 1 or w2 < 1:
-            raise ValueError(f"images[{i}] of size {image.shape[1]}x{image.shape[2]} (HxW) would be resized to "
-                             f"{h2}x{w2}: with min_size={cfg.min_size} and max_size={cfg.max_size} its aspect ratio is "
-                             f"too extreme; crop or pad it, or raise max_size")
         original_sizes.append(tuple(image.shape[1:]))
         normalised = (image.astype(dtype, copy=False) - mean) / std  # (3, H, W)
         resized.append(resize_image(normalised, cfg.min_size, cfg.max_size))  # (3, H', W')
