@@ -118,7 +118,7 @@ def _model_config(args, class_names: list):
 def _recipe_overrides(args) -> dict:
     names = {"iterations": "iterations", "batch_size": "batch_size", "lr": "lr", "warmup": "warmup_iters",
              "weight_decay": "weight_decay", "momentum": "momentum", "clip_grad_norm": "clip_grad_norm",
-             "eval_every": "eval_every", "seed": "seed"}
+             "eval_every": "eval_every", "seed": "seed", "trainable_backbone_layers": "trainable_backbone_layers"}
     out = {field: getattr(args, opt) for opt, field in names.items() if getattr(args, opt) is not None}
     if out.get("clip_grad_norm") == 0:  # --clip-grad-norm 0: no clipping
         out["clip_grad_norm"] = None
@@ -139,11 +139,14 @@ def train_command(args) -> int:
     from tinymask.training.recipe import Recipe
     from tinymask.weights.checkpoint import load_checkpoint
 
+    params = None
     if args.resume:
         if args.config or args.preset or args.data or args.images or args.val_data or args.val_images or \
-                args.num_train is not None or args.num_val is not None or args.difficulty is not None:
+                args.num_train is not None or args.num_val is not None or args.difficulty is not None or \
+                args.init_weights:
             raise UsageError("--resume continues a run with its own model and data; leave out --config, --preset, "
-                             "--data, --images, --val-data, --val-images, --num-train, --num-val and --difficulty")
+                             "--data, --images, --val-data, --val-images, --num-train, --num-val, --difficulty "
+                             "and --init-weights")
         out = args.out or _latest_run()
         _, cfg, metadata, _ = load_checkpoint(os.path.join(out, "last"))
         info = metadata.get("data") or {}
@@ -164,6 +167,8 @@ def train_command(args) -> int:
         cfg = _model_config(args, train_set.class_names)
         recipe = Recipe(**_recipe_overrides(args))
         out = args.out or os.path.join(RUNS_DIR, time.strftime("%Y%m%d-%H%M%S"))
+        if args.init_weights:
+            params = _initial_params(args.init_weights, cfg, recipe.seed)
         what = (f"shapes ({info['difficulty']}, {len(train_set)} training / {len(val_set) if val_set else 0} "
                 f"held-out images)" if info["kind"] == "shapes" else
                 f"{info['train'][0]} ({len(train_set)} images; held out: "
@@ -176,8 +181,20 @@ def train_command(args) -> int:
     from tinymask.ops.backend import get_backend
     print(f"  kernels: {get_backend()} backend")
     train(cfg, recipe, train_set, val_set, out, resume=args.resume, data_info=info,
-          progress=not args.no_progress)
+          progress=not args.no_progress, params=params)
     return 0
+
+
+def _initial_params(path: str, cfg, seed: int) -> dict:
+    """--init-weights: the parameters to fine-tune from, with a report of what was loaded (tinymask/weights/transfer.py)."""
+    from tinymask.weights.transfer import format_report, init_from, read_source_weights
+
+    params, report = init_from(read_source_weights(path), cfg, seed)
+    if not report["loaded"]:
+        raise UsageError(f"no parameter of {path} fits this model (is it a Mask R-CNN of the same architecture? "
+                         f"--preset or --config must match it)")
+    print(format_report(report, path))
+    return params
 
 
 def _load_model(args):

@@ -108,6 +108,14 @@ def _add_train(sub) -> None:
                                                                f"(default {r.eval_every}; 0: only at the end)")
     g.add_argument("--seed", type=int, metavar="S",
                    help=f"initial weights, data order, flips, sampling (default {r.seed})")
+    g = t.add_argument_group("fine-tuning (docs/usage.md)")
+    g.add_argument("--init-weights", metavar="FILE", help="start from these weights instead of a random "
+                                                           "initialisation: a torchvision .pth, a tinymask .npz or "
+                                                           "checkpoint folder; the class-dependent predictors start "
+                                                           "afresh")
+    g.add_argument("--trainable-backbone-layers", type=int, metavar="N", choices=range(6),
+                   help="train only the last N of the ResNet's 5 parts (stem, layer1..layer4), as torchvision; "
+                        "default all")
     g = t.add_argument_group("run")
     g.add_argument("--out", metavar="DIR", help=f"the run's folder (default {RUNS_DIR}/<date-time>)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out (default: the newest in "

@@ -71,6 +71,8 @@ class Recipe:
     gamma: float = 0.1  # lr factor at each step (Mask R-CNN §3.1: "decreased by 10")
     clip_grad_norm: float | None = 10.0  # global-norm clipping, a guard against one bad batch (see "Why the
     #                                      gradient is clipped" above); Mask R-CNN does not clip; None: off
+    trainable_backbone_layers: int | None = None  # fine-tuning: only the last N of the ResNet's 5 parts train
+    #                                                  (torchvision's argument; tinymask/weights/transfer.py); None: all
     flip_prob: float = 0.5  # horizontal flip (detectron2's RandomFlip)
     eval_every: int = 300  # evaluate and write last/ every this many iterations (and at the end); 0: only at the end
     eval_batch_size: int = 4  # images per predict call during evaluation
@@ -87,6 +89,9 @@ class Recipe:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
             raise ValueError(f"clip_grad_norm must be positive or None, got {self.clip_grad_norm!r}")
+        if self.trainable_backbone_layers is not None and self.trainable_backbone_layers not in range(6):
+            raise ValueError(f"trainable_backbone_layers must be 0..5 (the ResNet's stem and four stages) or None, "
+                             f"got {self.trainable_backbone_layers!r}")
         if not 0 <= self.flip_prob <= 1:
             raise ValueError(f"flip_prob must be in [0, 1], got {self.flip_prob}")
         self.decay_at = [float(f) for f in self.decay_at]

@@ -26,6 +26,7 @@ from tinymask.training.recipe import Recipe
 from tinymask.visualize import plot_loss_curves
 from tinymask.weights.checkpoint import (CHECKPOINT_FORMAT, CONFIG_FILE, EVAL_FILE, WEIGHTS_FILE, load_checkpoint,
                                          save_checkpoint)
+from tinymask.weights.transfer import trains_with
 
 SHORT_NAMES = {"loss_objectness": "obj", "loss_rpn_box_reg": "rpn_box", "loss_classifier": "cls",
                "loss_box_reg": "box", "loss_mask": "mask"}
@@ -102,7 +103,9 @@ class TrainingRun:
                            else {k: v.copy() for k, v in params.items()})
             open(self.log_path, "w").close()
         r = self.recipe
-        self.optimizer = SGD(self.params, trainable=[k for k in self.params if is_trainable(k, self.cfg)],
+        trainable = [k for k in self.params
+                     if is_trainable(k, self.cfg) and trains_with(k, r.trainable_backbone_layers)]
+        self.optimizer = SGD(self.params, trainable=trainable,
                              momentum=r.momentum, weight_decay=r.weight_decay, clip_grad_norm=r.clip_grad_norm)
         if velocity is not None:
             self.optimizer.load_state_dict(velocity)
