@@ -12,6 +12,7 @@ declared in `tinymask/cli/parser.py`, and `tinymask/cli/app.py` turns errors int
     tinymask train --out runs/x --resume       # continue an interrupted run exactly where its checkpoint left off
     tinymask eval --checkpoint runs/x/best     # COCO box and mask AP of a checkpoint, written to eval.json
     tinymask predict a.jpg b.png --checkpoint runs/x/best     # overlays and COCO results in predictions/
+    tinymask export runs/x/best model.pth      # a PyTorch state dict for torchvision, written without PyTorch
     tinymask ablate                            # the paper's Table 2 ablations in miniature (docs/ablations.md)
 
 Errors a user can fix (a missing file, a malformed annotation file, a config that does not fit) end the command
@@ -273,6 +274,31 @@ def predict_command(args) -> int:
     for path, result in zip(images, results):
         print(f"{path}: {len(result['scores'])} detection(s) with score >= {args.score_threshold:g}")
     print(f"wrote the overlays and results.json to {args.out}")
+    return 0
+
+
+def export_command(args) -> int:
+    from tinymask.weights.files import TORCH_EXTENSIONS
+    from tinymask.weights.torch_export import save_torch_state_dict, torchvision_state_dict
+
+    if args.checkpoint is not None and (args.config is not None or args.weights is not None):
+        raise UsageError("give a CHECKPOINT folder, or --config C.json with --weights W, not both")
+    if os.path.splitext(args.out)[1].lower() not in TORCH_EXTENSIONS:
+        raise UsageError(f"{args.out}: the output is a PyTorch file; give it the extension "
+                         f"{' or '.join(TORCH_EXTENSIONS)}")
+    if os.path.isdir(args.out):
+        raise UsageError(f"{args.out} is a folder; give the file to write")
+    if os.path.exists(args.out) and not args.force:
+        raise UsageError(f"{args.out} exists; pass --force to overwrite it")
+    if args.checkpoint is None and args.config is None and args.weights is None:
+        raise UsageError("give a CHECKPOINT folder, or --config C.json with --weights W (.npz or .pth)")
+    params, _, _ = _load_model(args)  # the model's parameters only: a checkpoint's optimizer.velocity.* is left out
+    state = torchvision_state_dict(params)
+    save_torch_state_dict(args.out, state)
+    counters = len(state) - len(params)
+    print(f"wrote {len(state)} tensors to {args.out} ({len(params)} parameters and buffers"
+          + (f" + {counters} BatchNorm num_batches_tracked counters" if counters else "")
+          + f", {os.path.getsize(args.out) / 2**20:.1f} MiB); read it with torch.load(path, weights_only=True)")
     return 0
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from tinymask.cli.commands import (RUNS_DIR, ablate_command, demo_command, eval_command, info_command, predict_command,
-                                   train_command)
+from tinymask.cli.commands import (RUNS_DIR, ablate_command, demo_command, eval_command, export_command, info_command,
+                                   predict_command, train_command)
 
 TRAIN_EPILOG = """\
 examples:
@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_predict(sub)
+    _add_export(sub)
     _add_ablate(sub)
     for command in sub.choices.values():
         command.add_argument("--debug", action="store_true", help="on an error, print its traceback too")
@@ -158,6 +159,24 @@ def _add_predict(sub) -> None:
     _add_threads(p)
     _add_backend(p)
     p.set_defaults(func=predict_command)
+
+
+def _add_export(sub) -> None:
+    x = sub.add_parser("export", help="write a model as a PyTorch state dict (.pth) for torchvision",
+                       description="Write a model's parameters as a torch.save file, without PyTorch: "
+                                   "torch.load(OUT, weights_only=True) returns an OrderedDict of tensors under "
+                                   "torchvision's names, which torchvision's MaskRCNN of the same architecture "
+                                   "loads with load_state_dict(strict=True). The optimizer's momentum is left out.",
+                       epilog="examples:\n  tinymask export runs/x/best model.pth\n"
+                              "  tinymask export --config r50.json --weights w.npz model.pth",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    x.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT",
+                   help="a checkpoint folder (config.json + weights.npz); or give --config and --weights")
+    x.add_argument("out", metavar="OUT.pth", help="the file to write (.pth or .pt)")
+    x.add_argument("--config", metavar="C.json", help="a model config (MaskRCNNConfig JSON), with --weights")
+    x.add_argument("--weights", metavar="W", help="weights for --config: a tinymask .npz or a torchvision .pth")
+    x.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    x.set_defaults(func=export_command)
 
 
 def _add_ablate(sub) -> None:
