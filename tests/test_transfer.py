@@ -119,6 +119,10 @@ def test_fine_tuning_starts_lower_than_from_scratch(tmp_path, capsys):
     with capsys.disabled():
         print(f"\nfirst 3 iterations, mean: {losses}")  # recorded in the closing note of the fine-tuning issue
     assert "parameter tensors loaded" in out and "initialised afresh: roi_heads.box_predictor.cls_score.weight" in out
+    listed = json.loads((tmp_path / "tuned" / "init_weights.json").read_text())
+    assert len(listed["loaded"]) + len(listed["reinitialised"]) == len(init_params(tiny_shapes_config(
+        num_classes=len(names), class_names=names)))
+    assert listed["skipped"] == [] and "backbone.body.conv1.weight" in listed["loaded"]
     assert losses["tuned"]["loss_objectness"] < losses["scratch"]["loss_objectness"], losses
     assert losses["tuned"]["loss"] < losses["scratch"]["loss"], losses
 

@@ -169,7 +169,7 @@ def train_command(args) -> int:
         recipe = Recipe(**_recipe_overrides(args))
         out = args.out or os.path.join(RUNS_DIR, time.strftime("%Y%m%d-%H%M%S"))
         if args.init_weights:
-            params = _initial_params(args.init_weights, cfg, recipe.seed)
+            params = _initial_params(args.init_weights, cfg, recipe.seed, out)
         what = (f"shapes ({info['difficulty']}, {len(train_set)} training / {len(val_set) if val_set else 0} "
                 f"held-out images)" if info["kind"] == "shapes" else
                 f"{info['train'][0]} ({len(train_set)} images; held out: "
@@ -186,8 +186,10 @@ def train_command(args) -> int:
     return 0
 
 
-def _initial_params(path: str, cfg, seed: int) -> dict:
-    """--init-weights: the parameters to fine-tune from, with a report of what was loaded (tinymask/weights/transfer.py)."""
+def _initial_params(path: str, cfg, seed: int, out: str) -> dict:
+    """--init-weights: the parameters to fine-tune from (tinymask/weights/transfer.py). Prints what was initialised
+    afresh or skipped, and writes every name of each kind to OUT/init_weights.json."""
+    from tinymask._files import write_json
     from tinymask.weights.transfer import format_report, init_from, read_source_weights
 
     params, report = init_from(read_source_weights(path), cfg, seed)
@@ -195,6 +197,8 @@ def _initial_params(path: str, cfg, seed: int) -> dict:
         raise UsageError(f"no parameter of {path} fits this model (is it a Mask R-CNN of the same architecture? "
                          f"--preset or --config must match it)")
     print(format_report(report, path))
+    write_json(os.path.join(out, "init_weights.json"), {"source": os.path.abspath(path), **report})
+    print(f"  the full lists: {os.path.join(out, 'init_weights.json')}")
     return params
 
 

@@ -77,14 +77,15 @@ def init_from(source: dict, cfg: MaskRCNNConfig, seed: int = 0) -> tuple[dict, d
     return params, report
 
 
-def format_report(report: dict, source: str, show: int = 8) -> str:
-    """What `tinymask train --init-weights` prints: counts, then the re-initialised and skipped names with reasons."""
+def format_report(report: dict, source: str, show: int | None = None) -> str:
+    """What `tinymask train --init-weights` prints: counts, then every re-initialised and skipped name with its reason
+    (the first `show` of each when given; the loaded names are in the run folder's init_weights.json)."""
     lines = [f"started from {source}: {len(report['loaded'])} parameter tensors loaded, "
              f"{len(report['reinitialised'])} initialised afresh, {len(report['skipped'])} of the source skipped"]
     for label, items in (("initialised afresh", report["reinitialised"]), ("skipped", report["skipped"])):
         for name, why in items[:show]:
             lines.append(f"  {label}: {name} ({why})")
-        if len(items) > show:
+        if show is not None and len(items) > show:
             lines.append(f"  ... and {len(items) - show} more {label}")
     return "\n".join(lines)
 
