@@ -38,15 +38,18 @@ POSITIVE = ("min_size", "max_size", "size_divisible", "box_pool_size", "mask_poo
 NON_NEGATIVE = ("mask_deconv_channels", "norm_eps", "rpn_box_beta", "box_box_beta")
 UNIT_INTERVAL = ("rpn_fg_iou_thresh", "rpn_bg_iou_thresh", "rpn_positive_fraction", "rpn_nms_thresh", "rpn_score_thresh",
                  "box_fg_iou_thresh", "box_bg_iou_thresh", "box_positive_fraction", "box_score_thresh", "box_nms_thresh")
-LIST_ITEMS = {"class_names": "str", "resnet_blocks": "int", "anchor_sizes": "float", "aspect_ratios": "float",
-              "box_coder_weights": "float", "mask_head_layers": "int", "image_mean": "float", "image_std": "float"}
+LIST_ITEMS = {"class_names": "str", "category_ids": "int", "resnet_blocks": "int", "anchor_sizes": "float",
+              "aspect_ratios": "float", "box_coder_weights": "float", "mask_head_layers": "int", "image_mean": "float",
+              "image_std": "float"}
 KIND_WORDS = {"int": "an int", "float": "a number", "bool": "true or false", "str": "a string", "list": "a list"}
 PLURAL_WORDS = {"int": "ints", "float": "numbers", "str": "strings"}
 
 
 def _is_a(value, kind: str) -> bool:
-    """Whether `value` is of the config's kind "int", "float" (any real number), "bool", "str" or "list"; a bool is
-    not a number here (True would pass as 1)."""
+    """Whether `value` is of the config's kind "int", "float" (any real number), "bool", "str" or "list", or
+    "list | None"; a bool is not a number here (True would pass as 1)."""
+    if kind.endswith(" | None"):
+        return value is None or _is_a(value, kind[:-len(" | None")])
     if kind == "bool":
         return isinstance(value, (bool, np.bool_))
     if kind in ("int", "float"):
@@ -61,6 +64,9 @@ class MaskRCNNConfig:
     # --- classes -------------------------------------------------------------------------------------------------
     num_classes: int = 91  # COCO's 90 category ids + background (torchvision); the shapes data set uses 4
     class_names: list = field(default_factory=list)  # index 0 = "background"; empty = unnamed
+    category_ids: list | None = None  # the data set's category id of each label 1..K-1 (COCO's ids have gaps), set
+    #                                   by `tinymask train` from the data; None: label == category id (the shapes
+    #                                   data; torchvision's COCO weights, whose 91 labels are COCO's ids)
 
     # --- backbone (ResNet, He et al. 2016; FPN, Lin et al. 2017) --------------------------------------------------
     backbone: str = "fpn"  # "fpn" (Mask R-CNN Fig. 4 right) or "c4" (Fig. 4 left: stage 5 is the RoI head) or
@@ -150,6 +156,7 @@ class MaskRCNNConfig:
         if self.class_names and len(self.class_names) != self.num_classes:
             raise ValueError(f"class_names has {len(self.class_names)} names for num_classes={self.num_classes} "
                              f"(index 0 is the background): give one name per class or none")
+        self._check_category_ids()
         if len(self.resnet_blocks) != 4 or min(self.resnet_blocks) < 1:
             raise ValueError(f"resnet_blocks must be 4 positive block counts (C2..C5), got {self.resnet_blocks}")
         for name in POSITIVE:
@@ -192,13 +199,29 @@ class MaskRCNNConfig:
         would break array shapes later), a real bool (the string "false" would be true), lists of numbers."""
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if not _is_a(value, f.type):  # f.type: "int", "float", "bool", "str" or "list" (postponed annotations)
-                raise ValueError(f"config field {f.name} must be {KIND_WORDS[f.type]}, got {value!r} "
-                                 f"({type(value).__name__})")
+            if not _is_a(value, f.type):  # f.type: "int", "float", "bool", "str", "list" or "list | None"
+                words = KIND_WORDS[f.type.replace(" | None", "")] + (" or null" if "None" in f.type else "")
+                raise ValueError(f"config field {f.name} must be {words}, got {value!r} ({type(value).__name__})")
         for name, kind in LIST_ITEMS.items():
-            if not all(_is_a(v, kind) for v in getattr(self, name)):
+            if not all(_is_a(v, kind) for v in getattr(self, name) or ()):
                 raise ValueError(f"config field {name} must be a list of {PLURAL_WORDS[kind]}, got "
                                  f"{getattr(self, name)!r}")
+
+    def _check_category_ids(self) -> None:
+        ids = self.category_ids
+        if ids is None:
+            return
+        if len(ids) != self.num_classes - 1:
+            raise ValueError(f"config field category_ids has {len(ids)} ids for num_classes={self.num_classes}: it "
+                             f"needs one per label 1..{self.num_classes - 1} (the background has none), or null")
+        repeated = sorted({int(i) for i in ids if list(ids).count(i) > 1})
+        if repeated:
+            raise ValueError(f"config field category_ids repeats {repeated}: two labels cannot stand for the same "
+                             f"category")
+
+    def label_to_category_id(self) -> dict | None:
+        """{label: category id} for labels 1..K-1 from `category_ids`; None when the label is the category id."""
+        return None if self.category_ids is None else {k + 1: int(c) for k, c in enumerate(self.category_ids)}
 
     def _check_combinations(self) -> None:
         """Refuse the combinations of switches that cannot run. Every other combination of backbone, mask_head,

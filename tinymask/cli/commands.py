@@ -13,6 +13,7 @@ declared in `tinymask/cli/parser.py`, and `tinymask/cli/app.py` turns errors int
     tinymask eval --checkpoint runs/x/best     # COCO box and mask AP of a checkpoint, written to eval.json
     tinymask predict a.jpg b.png --checkpoint runs/x/best     # overlays and COCO results in predictions/
     tinymask export runs/x/best model.pth      # a PyTorch state dict for torchvision, written without PyTorch
+    tinymask predict --data val.json --images val/ --checkpoint runs/x/best   # results.json with val.json's ids
     tinymask ablate                            # the paper's Table 2 ablations in miniature (docs/ablations.md)
 
 Errors a user can fix (a missing file, a malformed annotation file, a config that does not fit) end the command
@@ -136,6 +137,7 @@ def _latest_run() -> str:
 
 def train_command(args) -> int:
     from tinymask.data.describe import datasets_from_description
+    from tinymask.evaluation.evaluate import dataset_category_ids
     from tinymask.training.loop import train
     from tinymask.training.recipe import Recipe
     from tinymask.weights.checkpoint import load_checkpoint
@@ -166,6 +168,8 @@ def train_command(args) -> int:
         info = _data_info(args)
         train_set, val_set = datasets_from_description(info)
         cfg = _model_config(args, train_set.class_names)
+        cfg.category_ids = dataset_category_ids(train_set)  # label -> category id, for results.json (None: shapes)
+        cfg.validate()
         recipe = Recipe(**_recipe_overrides(args))
         out = args.out or os.path.join(RUNS_DIR, time.strftime("%Y%m%d-%H%M%S"))
         if args.init_weights:
@@ -260,9 +264,30 @@ def eval_command(args) -> int:
     return 0
 
 
+def _predict_images(args) -> list[str]:
+    """The image files of `tinymask predict`: IMAGE... (files and folders), or every image --data lists in --images."""
+    from tinymask.evaluation.predict import image_files, read_annotations
+
+    if args.images_dir is not None:
+        if args.data is None:
+            raise UsageError("--images names the folder of the images that --data lists; give --data too (or pass "
+                             "the folder as IMAGE to predict every image in it)")
+        if args.images:
+            raise UsageError("give image files (IMAGE ...) or --data with --images, not both")
+        if not os.path.isdir(args.images_dir):
+            raise FileNotFoundError(f"image folder not found: {args.images_dir}")
+        coco = read_annotations(args.data, args.images_dir)
+        if not len(coco):
+            raise UsageError(f"{args.data} lists no images")
+        return [coco.image_path(i) for i in range(len(coco))]
+    if not args.images:
+        raise UsageError("give image files or folders (IMAGE ...), or --data ANN.json with --images DIR")
+    return image_files(args.images)  # folders become their image files
+
+
 def predict_command(args) -> int:
     try:
-        from tinymask.evaluation.predict import image_files, run_predict
+        from tinymask.evaluation.predict import run_predict
     except ImportError as e:
         raise UsageError(f"prediction is not available in this installation ({e})") from None
     weights = _pair(args, "config", "weights")
@@ -272,9 +297,13 @@ def predict_command(args) -> int:
         from tinymask.weights.checkpoint import resolve_checkpoint
 
         args.checkpoint = resolve_checkpoint(args.checkpoint)
-    images = image_files(args.images)  # folders become their image files
+    images = _predict_images(args)
+    if args.data is None:
+        print("warning: without --data, results.json's image ids are the images' positions (0, 1, ...), so it will "
+              "not match a COCO annotation file; pass --data ANN.json for the data set's image ids", file=sys.stderr)
     results = run_predict(images, checkpoint_dir=args.checkpoint, config_path=args.config,
-                          weights_path=args.weights, out_dir=args.out, score_threshold=args.score_threshold)
+                          weights_path=args.weights, out_dir=args.out, score_threshold=args.score_threshold,
+                          annotations=args.data)
     for path, result in zip(images, results):
         print(f"{path}: {len(result['scores'])} detection(s) with score >= {args.score_threshold:g}")
     print(f"wrote the overlays and results.json to {args.out}")

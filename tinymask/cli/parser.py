@@ -150,9 +150,15 @@ def _add_eval(sub) -> None:
 def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="detect and segment image files, draw the results",
                        description="Run a model on image files; write an overlay PNG per image and the "
-                                   "detections as COCO results (results.json) into --out.")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...) or folders of them")
+                                   "detections as COCO results (results.json) into --out. Category ids are the "
+                                   "checkpoint's (those of the data it was trained on); image ids those of --data, "
+                                   "else the images' positions 0, 1, ... (which match no COCO annotation file).")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (PNG, JPEG, ...) or folders of them")
     _add_model_source(p, "run")
+    p.add_argument("--data", metavar="ANN.json", help="COCO-format annotation file listing the images: results.json "
+                                                      "gets its image ids (matched by file name)")
+    p.add_argument("--images", dest="images_dir", metavar="DIR", help="with --data: predict every image it lists, "
+                                                                      "in this folder")
     p.add_argument("--out", default="predictions", metavar="DIR", help="output folder (default predictions)")
     p.add_argument("--score-threshold", type=float, default=0.5, metavar="S",
                    help="keep detections scoring at least S (default 0.5)")

@@ -15,7 +15,9 @@ Three steps:
 2. **Convert to COCO results**, one entry per detected instance (https://cocodataset.org/#format-results):
    `{"image_id", "category_id", "bbox": [x, y, w, h], "score", "segmentation": compressed RLE}`. The box
    `(x0, y0, x1, y1)` becomes `[x0, y0, x1 − x0, y1 − y0]` (continuous coordinates: no "+1"); the network's
-   contiguous label k becomes the data set's category id `dataset.label_to_category_id[k]`; the binary mask
+   contiguous label k becomes the data set's category id `dataset.label_to_category_id[k]` (a model whose config
+   has `category_ids` must agree with it: `check_category_ids`; `tinymask predict --data` writes the same ids from
+   the checkpoint alone); the binary mask
    (H, W) becomes a compressed RLE string (`rle.rle_encode`).
 3. **Evaluate** these results twice against `dataset.to_coco_gt()`: `iou_type="bbox"` (box IoU) and
    `iou_type="segm"` (mask IoU), with `coco_eval.evaluate`.
@@ -30,6 +32,22 @@ from tinymask.evaluation.predict import detections_to_coco_results
 from tinymask.model import predict
 
 
+def dataset_category_ids(dataset) -> list | None:
+    """The category id of each label 1..K-1 of a data set (`CocoDataset.label_to_category_id`), or None for one
+    whose labels are its category ids (the shapes data set): what `tinymask train` stores as `cfg.category_ids`."""
+    mapping = getattr(dataset, "label_to_category_id", None)
+    return None if mapping is None else [mapping[k] for k in sorted(mapping)]
+
+
+def check_category_ids(cfg, dataset, what: str = "the data set") -> None:
+    """ValueError when the model's labels stand for other category ids (`cfg.category_ids`) than `dataset`'s: its
+    detections would be scored against the wrong categories. Nothing to check when either side has none."""
+    ids, model_ids = dataset_category_ids(dataset), getattr(cfg, "category_ids", None)
+    if model_ids is not None and ids is not None and [int(i) for i in model_ids] != ids:
+        raise ValueError(f"the model's labels 1..{len(model_ids)} stand for category ids {list(model_ids)}, but "
+                         f"{what}'s labels for {ids}: it was trained on other categories")
+
+
 def predict_dataset(params, cfg, dataset, batch_size: int = 4, progress=None) -> list[dict]:
     """COCO results for every image of `dataset`, predicting `batch_size` images per call.
 
@@ -37,6 +55,7 @@ def predict_dataset(params, cfg, dataset, batch_size: int = 4, progress=None) ->
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_category_ids(cfg, dataset)
     mapping = getattr(dataset, "label_to_category_id", None)
     results = []
     for start in range(0, len(dataset), batch_size):

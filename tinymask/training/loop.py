@@ -51,6 +51,7 @@ import time
 import numpy as np
 
 from tinymask.config import MaskRCNNConfig
+from tinymask.evaluation.evaluate import check_category_ids
 from tinymask.model import train_backward, train_forward
 from tinymask.training.batches import batch_for_iteration, load_batch, model_rng
 from tinymask.training.recipe import Recipe
@@ -62,7 +63,8 @@ def train(cfg: MaskRCNNConfig, recipe: Recipe, train_set, val_set, out_dir, *, r
           print_fn=print, params: dict | None = None, plot: bool = True) -> dict:
     """Train a model, evaluating on `val_set` and writing checkpoints into `out_dir` (see the module docstring).
 
-    cfg, recipe:  the model and how to train it.
+    cfg, recipe:  the model and how to train it. `cfg.category_ids` (if set) must be the data's
+                  (`tinymask.evaluation.evaluate.dataset_category_ids(train_set)`; `tinymask train` sets it).
     train_set:    a data set of samples (`tinymask.data`); val_set: one for evaluation, or None (no AP, no best/).
     out_dir:      the run's folder (created). Without `resume` it must not hold a checkpoint yet.
     resume:       continue from `out_dir/last` (its parameters, momentum and iteration; `cfg` must match its
@@ -81,6 +83,9 @@ def train(cfg: MaskRCNNConfig, recipe: Recipe, train_set, val_set, out_dir, *, r
     """
     if len(train_set) < 1:
         raise ValueError("the training set is empty")
+    check_category_ids(cfg, train_set, "the training set")  # cfg.category_ids: what results.json will say
+    if val_set is not None:
+        check_category_ids(cfg, val_set, "the held-out set")  # before training, not at the first evaluation
     run = TrainingRun(cfg, recipe, val_set, out_dir, data_info=data_info, progress=progress, print_fn=print_fn,
                       plot=plot)
     run.begin(resume=resume, params=params)

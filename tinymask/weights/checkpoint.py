@@ -11,7 +11,9 @@
 A checkpoint is a folder. `weights.npz` (`tinymask.weights.npz.save_npz`) holds the parameters under their own names,
 the optimizer's velocities under `optimizer.velocity.<name>`, and a JSON metadata entry: the iteration, the recipe,
 the data set's description, the seed, the best AP so far and the training time. It is read with
-`allow_pickle=False`. `config.json` is the model's `MaskRCNNConfig`; `eval.json` the evaluation at that iteration.
+`allow_pickle=False`. `config.json` is the model's `MaskRCNNConfig`, including what its labels mean
+(`class_names`, and `category_ids`: the data set's category id of each label, for COCO results); `eval.json` the
+evaluation at that iteration.
 
 **Writing it atomically.** A crash (or Ctrl-C, or a full disk) while a checkpoint is written must never leave a
 half-written `last/` where a good one was. So the new checkpoint is written whole into `.last.new/`, every file
