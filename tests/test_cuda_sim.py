@@ -98,6 +98,15 @@ def test_conv2d(dtype, stride, padding, dilation):
 
 @kernels_run
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_grouped(dtype):
+    """ResNeXt's grouped 3×3: the layer runs one plain CUDA convolution per group (the kernels know no groups)."""
+    rng = np.random.default_rng(4)
+    x, w, b = (rng.standard_normal(s).astype(dtype) for s in [(2, 4, 6, 5), (6, 2, 3, 3), (6,)])
+    on_cuda(conv2d_forward, conv2d_backward, (x, w, b), dict(stride=2, padding=1, groups=2))
+
+
+@kernels_run
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_conv_transpose2d(dtype):
     rng = np.random.default_rng(2)
     x, w, b = (rng.standard_normal(s).astype(dtype) for s in [(2, 3, 4, 5), (3, 2, 3, 3), (2,)])

@@ -68,14 +68,15 @@ def assert_every_level_exercised(cache):
 SMALL_INIT = ("cls_logits.weight", "bbox_pred.weight", "cls_score.weight", "fc_logits.weight")
 
 
-def check_whole_model(cfg, batch=wiring_batch, picks=2, seed=0, max_params=None, h=1e-6):
+def check_whole_model(cfg, batch=wiring_batch, picks=2, seed=0, max_params=None, h=1e-6, always=()):
     """Analytic vs central-difference gradient of the total loss, per parameter tensor.
 
     The parameters are made to give every route a sizeable gradient: the output layers initialised at 0.01 or 0.001
     scaled ×30 (every loss term matters) and every bias random (ReLUs away from their kink at 0, including on RoIs whose features are all zero).
     Each trainable tensor must get a gradient that is not all zero; then `picks` of its non-zero entries and one
     entry drawn uniformly (zero or not) are checked against central differences, with the proposals held fixed (the
-    RPN's top-k and NMS are not differentiable). Returns ({name: (analytic, numeric, max |gradient| of the whole
+    RPN's top-k and NMS are not differentiable). With `max_params`, that many tensors drawn at random are checked,
+    plus every tensor whose name contains one of the strings in `always`. Returns ({name: (analytic, numeric, max |gradient| of the whole
     tensor)}, losses, cache).
     """
     params = init_params(cfg, seed=seed, dtype=np.float64)
@@ -101,7 +102,8 @@ def check_whole_model(cfg, batch=wiring_batch, picks=2, seed=0, max_params=None,
     rng = np.random.default_rng(1)
     names = sorted(trainable)
     if max_params is not None:
-        names = sorted(rng.choice(names, size=min(max_params, len(names)), replace=False))
+        drawn = rng.choice(names, size=min(max_params, len(names)), replace=False)
+        names = sorted(set(drawn) | {n for n in names if any(part in n for part in always)})
     checked = {}
     for name in names:
         flat, gflat = params[name].reshape(-1), grads[name].reshape(-1)

@@ -268,13 +268,13 @@ def test_bad_input(rng):
 # ---------------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("norm", ["frozen_bn", "group_norm"])
-@pytest.mark.parametrize("stride_in_1x1", [False, True])
-def test_bottleneck_matches_torch(rng, norm, stride_in_1x1):
+@pytest.mark.parametrize("stride_in_1x1, groups", [(False, 1), (True, 1), (False, 2)])  # groups 2: ResNeXt
+def test_bottleneck_matches_torch(rng, norm, stride_in_1x1, groups):
     torch = pytest.importorskip("torch")
     F = torch.nn.functional
-    cfg = ResNetConfig(blocks=(1, 1, 1, 1), norm=norm, num_groups=4, stride_in_1x1=stride_in_1x1)
-    c_in, width, c_out = 8, 4, 16
-    shapes = {"conv1.weight": (width, c_in, 1, 1), "conv2.weight": (width, width, 3, 3),
+    cfg = ResNetConfig(blocks=(1, 1, 1, 1), norm=norm, num_groups=4, stride_in_1x1=stride_in_1x1, groups=groups)
+    c_in, width, c_out = 8, 4 * groups, 16  # torchvision: width = int(planes · base_width / 64) · groups
+    shapes = {"conv1.weight": (width, c_in, 1, 1), "conv2.weight": (width, width // groups, 3, 3),
               "conv3.weight": (c_out, width, 1, 1), "downsample.0.weight": (c_out, c_in, 1, 1)}
     for name, c in {"bn1": width, "bn2": width, "bn3": c_out, "downsample.1": c_out}.items():
         shapes.update({f"{name}.weight": (c,), f"{name}.bias": (c,)})
@@ -297,7 +297,7 @@ def test_bottleneck_matches_torch(rng, norm, stride_in_1x1):
 
     s1, s3 = (2, 1) if stride_in_1x1 else (1, 2)
     y = F.relu(norm_t(F.conv2d(tx, t["conv1.weight"], stride=s1), "bn1"))
-    y = F.relu(norm_t(F.conv2d(y, t["conv2.weight"], stride=s3, padding=1), "bn2"))
+    y = F.relu(norm_t(F.conv2d(y, t["conv2.weight"], stride=s3, padding=1, groups=groups), "bn2"))
     y = norm_t(F.conv2d(y, t["conv3.weight"]), "bn3")
     y = F.relu(y + norm_t(F.conv2d(tx, t["downsample.0.weight"], stride=2), "downsample.1"))
     y.backward(torch.tensor(dout))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from tinymask import layers as L
+from tinymask.layers.conv import conv2d_backward_naive, conv2d_forward_naive
 from tinymask.layers.losses import binary_cross_entropy_with_logits, smooth_l1, softmax_cross_entropy
 
 torch = pytest.importorskip("torch")
@@ -36,6 +37,21 @@ def test_conv2d(rng, kw):
     dout = rng.standard_normal(out.shape)
     ref, grads = torch_grads(lambda x, w, b: F.conv2d(x, w, b, **kw), [x, w, b], dout)
     assert_close([out, *L.conv2d_backward(dout, cache)], [ref, *grads])
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw", [
+    ((2, 4, 9, 8), (6, 2, 3, 3), dict(padding=1, groups=2)),  # ResNeXt's grouped 3×3
+    ((2, 6, 11, 9), (6, 2, 3, 3), dict(stride=2, padding=1, groups=3)),  # with the stage's stride
+    ((1, 4, 8, 7), (8, 1, 3, 2), dict(stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=4)),  # depthwise, ×2
+])
+def test_conv2d_grouped(rng, x_shape, w_shape, kw):
+    x, w, b = rng.standard_normal(x_shape), rng.standard_normal(w_shape), rng.standard_normal(w_shape[0])
+    dout = None
+    for forward, backward in ((L.conv2d_forward, L.conv2d_backward), (conv2d_forward_naive, conv2d_backward_naive)):
+        out, cache = forward(x, w, b, **kw)
+        dout = rng.standard_normal(out.shape) if dout is None else dout
+        ref, grads = torch_grads(lambda x, w, b: F.conv2d(x, w, b, **kw), [x, w, b], dout)
+        assert_close([out, *backward(dout, cache)], [ref, *grads])
 
 
 @pytest.mark.parametrize("kw", [dict(stride=2), dict(stride=2, padding=1, output_padding=1), dict(stride=(3, 2), dilation=(1, 2))])

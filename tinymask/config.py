@@ -9,7 +9,8 @@ described by such a file:
     cfg = MaskRCNNConfig.load("small.json")
 
 Presets: `small` (a narrow GroupNorm ResNet-FPN that trains from scratch on a CPU), `resnet50_fpn` (torchvision's
-`maskrcnn_resnet50_fpn`), `resnet50_c4` (the paper's ResNet-50-C4, Fig. 4 left).
+`maskrcnn_resnet50_fpn`), `resnet50_c4` (the paper's ResNet-50-C4, Fig. 4 left), `resnext101_32x8d_fpn` (Table 2a's
+best backbone, ResNeXt-101-FPN: torchvision's `resnext101_32x8d` body under the FPN).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ MASK_LOSSES = ("sigmoid", "softmax")
 
 # Range checks of `MaskRCNNConfig.validate`, by field.
 POSITIVE = ("min_size", "max_size", "size_divisible", "box_pool_size", "mask_pool_size", "fpn_channels",
-            "fpn_canonical_size", "stem_channels", "base_channels", "width_per_group", "num_groups",
+            "fpn_canonical_size", "stem_channels", "base_channels", "width_per_group", "groups", "num_groups",
             "rpn_batch_size_per_image", "rpn_pre_nms_top_n_train", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_train",
             "rpn_post_nms_top_n_test", "box_batch_size_per_image", "box_detections_per_img", "box_head_representation",
             "mask_mlp_hidden")
@@ -74,7 +75,8 @@ class MaskRCNNConfig:
     resnet_blocks: list = field(default_factory=lambda: [3, 4, 6, 3])  # ResNet-50 (ResNet Table 1); 101: [3,4,23,3]
     stem_channels: int = 64  # ResNet Table 1, conv1
     base_channels: int = 64  # planes of stage C2, doubled per stage; a block outputs 4 x planes (ResNet Table 1)
-    width_per_group: int = 64  # inner width = planes * width_per_group / 64 (torchvision)
+    width_per_group: int = 64  # inner width = planes * width_per_group / 64 * groups (torchvision)
+    groups: int = 1  # ResNeXt cardinality (Xie et al. 2017): the blocks' 3x3 convs are grouped; 1 = ResNet. Not num_groups
     norm: str = "frozen_bn"  # torchvision's FrozenBatchNorm2d; "group_norm" to train from scratch (Wu & He 2018)
     num_groups: int = 32  # GN paper's default
     norm_eps: float = 1e-5  # torchvision FrozenBatchNorm2d / GroupNorm default
@@ -186,9 +188,9 @@ class MaskRCNNConfig:
         if self.backbone == "fpn" and len(self.anchor_sizes) != 5:
             raise ValueError(f"the FPN backbone has 5 levels (P2..P6) and needs 5 anchor_sizes, got {self.anchor_sizes}")
         if self.norm == "group_norm":
-            widths = [self.stem_channels] + [self.base_channels * 2 ** i * f for i in range(4)
-                                             for f in (self.width_per_group / 64, 4)]
-            bad = [int(w) for w in widths if int(w) % self.num_groups]
+            widths = [self.stem_channels] + [w for i in range(4) for w in (
+                int(self.base_channels * 2 ** i * self.width_per_group / 64) * self.groups, self.base_channels * 2 ** i * 4)]
+            bad = [w for w in widths if w % self.num_groups]
             if bad:
                 raise ValueError(f"group norm with num_groups={self.num_groups} needs every width divisible by it; "
                                  f"these are not: {sorted(set(bad))}")
@@ -252,9 +254,14 @@ class MaskRCNNConfig:
     # --- presets ---------------------------------------------------------------------------------------------------
     @classmethod
     def preset(cls, name: str) -> "MaskRCNNConfig":
-        """`small`, `resnet50_fpn`, `resnet50_c4` (see the module docstring)."""
+        """`small`, `resnet50_fpn`, `resnet50_c4`, `resnext101_32x8d_fpn` (see the module docstring)."""
         if name == "resnet50_fpn":
             return cls()
+        if name == "resnext101_32x8d_fpn":
+            # Mask R-CNN Table 2(a)'s best backbone, ResNeXt-101-FPN: ResNet-101's blocks (ResNet Table 1) with
+            # cardinality 32 and 8 channels per path (ResNeXt Sec. 5.1, "32×8d"); torchvision's `resnext101_32x8d`
+            # shapes and names, so its ImageNet weights load. Everything else as resnet50_fpn (frozen BN, FPN 256).
+            return cls(resnet_blocks=[3, 4, 23, 3], groups=32, width_per_group=8)
         if name == "resnet50_c4":
             # Mask R-CNN Fig. 4 left: C4 features (stride 16), stage 5 on 14x14 RoIs as the box head, 2048-d;
             # the mask branch deconvolves res5's 7x7 output to 14x14 masks. One level: 15 anchors per cell
@@ -279,7 +286,8 @@ class MaskRCNNConfig:
                        box_batch_size_per_image=64, box_head_representation=256,
                        mask_head_layers=[64, 64, 64, 64], mask_mlp_hidden=256,
                        min_size=128, max_size=128, box_detections_per_img=20)
-        raise ValueError(f"unknown preset {name!r}; choose from 'small', 'resnet50_fpn', 'resnet50_c4'")
+        raise ValueError(f"unknown preset {name!r}; choose from 'small', 'resnet50_fpn', 'resnet50_c4', "
+                         f"'resnext101_32x8d_fpn'")
 
     # --- JSON ------------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -50,8 +50,8 @@ LOSS_NAMES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_bo
 def resnet_config(cfg: MaskRCNNConfig) -> ResNetConfig:
     """The backbone's shape, from the model config."""
     return ResNetConfig(blocks=tuple(cfg.resnet_blocks), stem_channels=cfg.stem_channels,
-                        base_channels=cfg.base_channels, width_per_group=cfg.width_per_group, norm=cfg.norm,
-                        num_groups=cfg.num_groups, eps=cfg.norm_eps, stride_in_1x1=cfg.stride_in_1x1,
+                        base_channels=cfg.base_channels, width_per_group=cfg.width_per_group, groups=cfg.groups,
+                        norm=cfg.norm, num_groups=cfg.num_groups, eps=cfg.norm_eps, stride_in_1x1=cfg.stride_in_1x1,
                         return_stages={"fpn": ("C2", "C3", "C4", "C5"), "c4": ("C4",), "c5": ("C5",)}[cfg.backbone])
 
 

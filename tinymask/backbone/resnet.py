@@ -14,6 +14,12 @@ The network, for an image of size H × W (every stride-2 layer rounds up, so "H/
     stage 4  blocks[2] bottlenecks, planes 256, stride 2  → C4                    (N, 1024, H/16, W/16)
     stage 5  blocks[3] bottlenecks, planes 512, stride 2  → C5                    (N, 2048, H/32, W/32)
 
+**ResNeXt** (Xie, Girshick, Dollár, Tu, He, *Aggregated Residual Transformations for Deep Neural Networks*, CVPR
+2017; Mask R-CNN Table 2a's best backbone) is the same network with `groups` = C > 1, the cardinality: the 3×3 conv
+of every block becomes a grouped convolution of C paths (ResNeXt Fig. 3c, Eq. 3: F(x) = Σ_i T_i(x)), each
+`width / C` channels wide, with width = C · width_per_group · planes / 64 (torchvision's `resnext101_32x8d`:
+C = 32, 8 per group). The backward of a grouped conv is each path's own backward (`tinymask/layers/conv.py`).
+
 A **bottleneck block** (Fig. 5, right) squeezes to `width` channels with a 1×1 conv, does the spatial work with a 3×3
 conv at that width, and expands to 4·planes with a second 1×1 conv; the input is added back (Eq. 1, `y = F(x) + x`), or,
 where the shape changes, a 1×1 projection of it (Eq. 2, `y = F(x) + W_s x`, "option B"):
@@ -58,7 +64,10 @@ class ResNetConfig:
     image_channels: int = 3  # RGB
     stem_channels: int = 64  # ResNet Table 1, conv1: "7×7, 64, stride 2"
     base_channels: int = 64  # planes of stage C2; doubled per stage (Table 1: 64, 128, 256, 512)
-    width_per_group: int = 64  # inner width = planes · width_per_group / 64 (torchvision's `base_width`; 64 = ResNet)
+    width_per_group: int = 64  # inner width = planes · width_per_group / 64 · groups (torchvision's `base_width`;
+    #                            64 = ResNet; ResNeXt-101 32×8d: 8)
+    groups: int = 1  # ResNeXt's cardinality: the 3×3 conv of each block is grouped (Xie et al. 2017, Sec. 3.3); 1 =
+    #                  ResNet. Not group norm's num_groups
     norm: str = "frozen_bn"  # frozen BN as in ResNet App. A / Detectron; "group_norm" (Wu & He, ECCV 2018) trains from scratch
     num_groups: int = 32  # Wu & He Sec. 3.1: G = 32 groups
     eps: float = 1e-5  # both norms' ε (torchvision's FrozenBatchNorm2d and GroupNorm defaults)
@@ -75,6 +84,8 @@ class ResNetConfig:
             raise ValueError(f"unknown norm {self.norm!r}; choose one of {NORMS}")
         if not self.return_stages or any(s not in STAGES for s in self.return_stages):
             raise ValueError(f"return_stages must be a non-empty subset of {STAGES}, got {self.return_stages!r}")
+        if isinstance(self.groups, bool) or not isinstance(self.groups, (int, np.integer)) or self.groups < 1:
+            raise ValueError(f"groups (the cardinality) must be a positive int, got {self.groups!r}")
         if self.width(2) < 1:
             raise ValueError(f"base_channels {self.base_channels} · width_per_group {self.width_per_group} / 64 "
                              "gives an inner width below 1")
@@ -92,8 +103,9 @@ class ResNetConfig:
         return self.base_channels * 2 ** (stage - 2)
 
     def width(self, stage: int) -> int:
-        """Channels inside a block of this stage (its 1×1 squeeze and 3×3), torchvision's rounding."""
-        return int(self.planes(stage) * self.width_per_group / 64)
+        """Channels inside a block of this stage (its 1×1 squeeze and 3×3), torchvision's rounding: its Bottleneck's
+        `width = int(planes * (base_width / 64.0)) * groups` (ResNeXt-50 32×4d, C2: int(64 · 4/64) · 32 = 128)."""
+        return int(self.planes(stage) * self.width_per_group / 64) * self.groups
 
     def out_channels(self, stage: int) -> int:
         return EXPANSION * self.planes(stage)
@@ -176,7 +188,8 @@ def bottleneck_forward(params, prefix, x, cfg: ResNetConfig, *, planes, stride):
     out, c_conv1 = named_conv_forward(params, f"{prefix}conv1", x, stride=s1x1)  # (N, width, ...)
     out, c_bn1 = named_norm_forward(params, f"{prefix}bn1", out, cfg)
     out, c_relu1 = relu_forward(out)
-    out, c_conv2 = named_conv_forward(params, f"{prefix}conv2", out, stride=s3x3, padding=1)  # (N, width, H/s, W/s)
+    out, c_conv2 = named_conv_forward(params, f"{prefix}conv2", out, stride=s3x3, padding=1,
+                                      groups=cfg.groups)  # (N, width, H/s, W/s); ResNeXt: `groups` paths of width/groups
     out, c_bn2 = named_norm_forward(params, f"{prefix}bn2", out, cfg)
     out, c_relu2 = relu_forward(out)
     out, c_conv3 = named_conv_forward(params, f"{prefix}conv3", out)  # (N, 4·planes, H/s, W/s)
@@ -322,7 +335,7 @@ def resnet_param_shapes(cfg: ResNetConfig, *, prefix="backbone.body.") -> dict[s
             p = f"{prefix}layer{stage - 1}.{b}."
             conv(f"{p}conv1", width, c_in, 1)
             norm(f"{p}bn1", width)
-            conv(f"{p}conv2", width, width, 3)
+            conv(f"{p}conv2", width, width // cfg.groups, 3)  # grouped (ResNeXt): each filter sees width/groups
             norm(f"{p}bn2", width)
             conv(f"{p}conv3", c_out, width, 1)
             norm(f"{p}bn3", c_out)

@@ -79,7 +79,7 @@ def _add_train(sub) -> None:
                                    "and keep the last and the best checkpoints.",
                        epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = t.add_argument_group("model")
-    g.add_argument("--preset", choices=("small", "resnet50_fpn", "resnet50_c4"),
+    g.add_argument("--preset", choices=("small", "resnet50_fpn", "resnet50_c4", "resnext101_32x8d_fpn"),
                    help="a built-in model config (default small); its classes are set from the data")
     g.add_argument("--config", metavar="C.json", help="a model config file instead of a preset (its num_classes "
                                                        "must fit the data)")

@@ -24,6 +24,13 @@ computes them. On "numpy" they are `conv2d_forward_numpy` / `conv2d_backward_num
 and the products above, the reference. "numba" runs the same steps with compiled im2col / col2im
 (tinymask/ops/numba/convolution.py); "cuda" runs an implicit GEMM that never stores `cols`, keeping the padded input
 instead (tinymask/ops/cuda/convolution.py). Which algorithm a backend uses is its own choice, made in its file.
+
+**Groups** (Krizhevsky et al., AlexNet, 2012; ResNeXt, Xie et al., CVPR 2017, Sec. 3.3 and Fig. 3c): with `groups` = G,
+the C input channels and F filters are split into G groups of C/G and F/G, and group g's filters see only group g's
+channels, so w has shape (F, C/G, kH, kW), as in PyTorch. A grouped convolution *is* G ordinary convolutions side by
+side: the layer slices x and w, runs each group as one backend call and concatenates the outputs along channels; the
+backward runs each group's backward on its slice of dout and concatenates dx along channels and dw along filters.
+The groups stay in this layer, so no backend knows about them; `groups=1` takes exactly the path it always took.
 """
 from __future__ import annotations
 
@@ -34,16 +41,18 @@ from tinymask.layers.im2col import col2im, conv_output_size, im2col
 from tinymask.ops import get_ops
 
 
-def _check_conv_args(x, w, b, stride, padding, dilation):
+def _check_conv_args(x, w, b, stride, padding, dilation, groups=1):
     """Validate a convolution's inputs; return the (height, width) pairs of stride, padding and dilation."""
     check_float_array(x, "x", 4, "(N, C, H, W)")
-    check_float_array(w, "w", 4, "(C_out, C_in, kH, kW)")
+    check_float_array(w, "w", 4, "(C_out, C_in / groups, kH, kW)" if groups != 1 else "(C_out, C_in, kH, kW)")
     if b is not None:
         check_float_array(b, "b", 1, "(C_out,)")
         if b.shape[0] != w.shape[0]:
             raise ValueError(f"b has {b.shape[0]} entries but w has {w.shape[0]} output channels")
     check_same_dtype(x=x, w=w, b=b)
-    if x.shape[1] != w.shape[1]:
+    if groups != 1:
+        _check_groups(x.shape[1], w.shape, groups)
+    elif x.shape[1] != w.shape[1]:
         raise ValueError(f"channel mismatch: x has {x.shape[1]} channels but w expects {w.shape[1]} (w shape {w.shape})")
     stride, padding, dilation = as_pair(stride, "stride"), as_pair(padding, "padding"), as_pair(dilation, "dilation")
     if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
@@ -55,6 +64,23 @@ def _check_conv_args(x, w, b, stride, padding, dilation):
             raise ValueError(f"kernel {axis} {extent} (k={k}, dilation={d}) is larger than the padded input "
                              f"{axis} {size + 2 * p} (size {size}, padding {p})")
     return stride, padding, dilation
+
+
+def _check_groups(C, w_shape, groups):
+    """A grouped convolution needs C and F divisible by `groups` and w of shape (F, C / groups, kH, kW)."""
+    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    F = w_shape[0]
+    if C % groups:
+        raise ValueError(f"groups={groups} must divide the input channels: x has {C} channels, not divisible by "
+                         f"{groups}")
+    if F % groups:
+        raise ValueError(f"groups={groups} must divide the output channels: w has {F} filters, not divisible by "
+                         f"{groups}")
+    if w_shape[1] != C // groups:
+        raise ValueError(f"channel mismatch: with groups={groups} each filter sees C / groups = {C} / {groups} = "
+                         f"{C // groups} channels, so w must have shape ({F}, {C // groups}, kH, kW), got "
+                         f"{tuple(w_shape)}")
 
 
 def _output_shape(x_shape, w_shape, stride, padding, dilation) -> tuple[int, int, int, int]:
@@ -76,11 +102,15 @@ def _pad(x: np.ndarray, padding: tuple[int, int]) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------------
 
 @finite_checked("out", "cache")
-def conv2d_forward_naive(x, w, b=None, *, stride=1, padding=0, dilation=1):
-    """Convolution by its definition. x: (N, C, H, W), w: (F, C, kH, kW), b: (F,) or None -> out (N, F, Ho, Wo)."""
-    stride, padding, dilation = _check_conv_args(x, w, b, stride, padding, dilation)
+def conv2d_forward_naive(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1):
+    """Convolution by its definition. x: (N, C, H, W), w: (F, C/groups, kH, kW), b: (F,) or None -> out (N, F, Ho, Wo).
+
+    Filter f belongs to group g = f // (F/groups) and sees input channels g·C/groups .. (g+1)·C/groups − 1.
+    """
+    stride, padding, dilation = _check_conv_args(x, w, b, stride, padding, dilation, groups)
     N, C, H, W = x.shape
-    F, _, kh, kw = w.shape
+    F, Cg, kh, kw = w.shape  # Cg = C / groups channels per filter
+    Fg = F // groups  # filters per group
     (sh, sw), (dh, dw) = stride, dilation
     Ho = conv_output_size(H, kh, sh, padding[0], dh)
     Wo = conv_output_size(W, kw, sw, padding[1], dw)
@@ -88,32 +118,35 @@ def conv2d_forward_naive(x, w, b=None, *, stride=1, padding=0, dilation=1):
     out = np.zeros((N, F, Ho, Wo), dtype=x.dtype)
     for n in range(N):
         for f in range(F):
+            g = f // Fg  # the group of filter f
             for y in range(Ho):
                 for xo in range(Wo):
-                    window = x_pad[n, :, y * sh:y * sh + dh * (kh - 1) + 1:dh,
+                    window = x_pad[n, g * Cg:(g + 1) * Cg, y * sh:y * sh + dh * (kh - 1) + 1:dh,
                                    xo * sw:xo * sw + dw * (kw - 1) + 1:dw]  # (C, kH, kW)
                     out[n, f, y, xo] = np.sum(window * w[f]) + (b[f] if b is not None else 0.0)
-    return out, (x, w, b, stride, padding, dilation)
+    return out, (x, w, b, stride, padding, dilation, groups)
 
 
 @finite_checked("dx", "dw", "db")
 def conv2d_backward_naive(dout, cache):
     """Every output pixel spreads its gradient back over the window and the filter that made it."""
-    x, w, b, (sh, sw), padding, (dh, dw) = cache
+    x, w, b, (sh, sw), padding, (dh, dw), groups = cache
     check_dout(dout, _output_shape(x.shape, w.shape, (sh, sw), padding, (dh, dw)), "conv2d_backward_naive")
     N, F, Ho, Wo = dout.shape
-    kh, kw = w.shape[2:]
+    Cg, kh, kw = w.shape[1:]
+    Fg = F // groups
     x_pad = _pad(x, padding)
     dx_pad = np.zeros_like(x_pad)
     dw_ = np.zeros_like(w)
     for n in range(N):
         for f in range(F):
+            cs = slice(f // Fg * Cg, (f // Fg + 1) * Cg)  # the channels of filter f's group
             for y in range(Ho):
                 for xo in range(Wo):
                     ys = slice(y * sh, y * sh + dh * (kh - 1) + 1, dh)
                     xs = slice(xo * sw, xo * sw + dw * (kw - 1) + 1, dw)
-                    dw_[f] += dout[n, f, y, xo] * x_pad[n, :, ys, xs]  # ∂out/∂w[f] = window
-                    dx_pad[n, :, ys, xs] += dout[n, f, y, xo] * w[f]  # ∂out/∂window = w[f]
+                    dw_[f] += dout[n, f, y, xo] * x_pad[n, cs, ys, xs]  # ∂out/∂w[f] = window
+                    dx_pad[n, cs, ys, xs] += dout[n, f, y, xo] * w[f]  # ∂out/∂window = w[f]
     ph, pw = padding
     dx = dx_pad[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]]
     db = dout.sum(axis=(0, 2, 3)) if b is not None else None
@@ -125,35 +158,71 @@ def conv2d_backward_naive(dout, cache):
 # ---------------------------------------------------------------------------------------------------------------
 
 @finite_checked("out", "cache")
-def conv2d_forward(x, w, b=None, *, stride=1, padding=0, dilation=1, backend=None):
-    """2-D convolution. x: (N, C, H, W), w: (F, C, kH, kW), b: (F,) or None -> out (N, F, Ho, Wo), cache.
+def conv2d_forward(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, backend=None):
+    """2-D convolution. x: (N, C, H, W), w: (F, C/groups, kH, kW), b: (F,) or None -> out (N, F, Ho, Wo), cache.
 
     On the reference backend the cache keeps the im2col matrix `cols` (N, C·kH·kW, Ho·Wo): the backward needs it for
     dW, and keeping it turns the backward into two matrix products at the price of holding kH·kW copies of the input
     until then. backend: where the products and the gathers run ("numpy", "numba", "cuda"; default the selected one,
     tinymask/ops/backend.py); each backend keeps what its own backward needs (the CUDA one keeps the padded input, not
     `cols`). The backward runs on the forward's backend. The maths is the same on every backend.
+
+    groups: G > 1 runs G convolutions of C/G channels to F/G filters, one backend call each (`_grouped_forward`), so
+    every backend computes grouped convolutions without knowing of groups; the cache then keeps one `saved` per group.
     """
-    stride, padding, dilation = _check_conv_args(x, w, b, stride, padding, dilation)
+    stride, padding, dilation = _check_conv_args(x, w, b, stride, padding, dilation, groups)
     ops = get_ops(backend)  # conv2d_forward_numpy below, or a compiled backend's (tinymask/ops/)
     x_pad = _pad(x, padding)  # (N, C, H + 2ph, W + 2pw)
-    out, saved = ops.conv2d_forward(x_pad, w, stride, dilation)  # (N, F, Ho, Wo): out_n = W @ cols_n
+    if groups == 1:
+        out, saved = ops.conv2d_forward(x_pad, w, stride, dilation)  # (N, F, Ho, Wo): out_n = W @ cols_n
+    else:
+        out, saved = _grouped_forward(ops, x_pad, w, stride, dilation, groups)  # (N, F, Ho, Wo), [saved_g]
     if b is not None:
         out += b[:, None, None]
-    return out, (x.shape, w, b is not None, saved, stride, padding, dilation, ops.NAME)
+    return out, (x.shape, w, b is not None, saved, stride, padding, dilation, groups, ops.NAME)
 
 
 @finite_checked("dx", "dw", "db")
 def conv2d_backward(dout, cache):
     """Gradients of a convolution: (dx (N, C, H, W), dw (F, C, kH, kW), db (F,) or None)."""
-    x_shape, w, has_bias, saved, stride, padding, dilation, backend = cache
+    x_shape, w, has_bias, saved, stride, padding, dilation, groups, backend = cache
     check_dout(dout, _output_shape(x_shape, w.shape, stride, padding, dilation), "conv2d_backward")
     N, C, H, W = x_shape
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None  # db = Σ_{n,y,x} dout
-    dx_pad, dw = get_ops(backend).conv2d_backward(dout, saved, w, stride, dilation)  # the forward's backend
+    ops = get_ops(backend)  # the forward's backend
+    if groups == 1:
+        dx_pad, dw = ops.conv2d_backward(dout, saved, w, stride, dilation)
+    else:
+        dx_pad, dw = _grouped_backward(ops, dout, saved, w, stride, dilation, groups)
     ph, pw = padding
     dx = dx_pad[:, :, ph:ph + H, pw:pw + W]  # drop the padding's gradient: (N, C, H, W)
     return np.ascontiguousarray(dx), dw, db
+
+
+def _grouped_forward(ops, x_pad, w, stride, dilation, groups):
+    """G ordinary convolutions side by side. x_pad (N, C, Hp, Wp), w (F, C/G, kH, kW) -> out (N, F, Ho, Wo) and the
+    list of the G backend calls' `saved`."""
+    Cg, Fg = x_pad.shape[1] // groups, w.shape[0] // groups  # channels and filters per group
+    outs, saved = [], []
+    for g in range(groups):
+        x_g = np.ascontiguousarray(x_pad[:, g * Cg:(g + 1) * Cg])  # (N, C/G, Hp, Wp): group g's channels
+        out_g, saved_g = ops.conv2d_forward(x_g, w[g * Fg:(g + 1) * Fg], stride, dilation)  # (N, F/G, Ho, Wo)
+        outs.append(out_g)
+        saved.append(saved_g)
+    return np.concatenate(outs, axis=1), saved  # (N, F, Ho, Wo): the groups' outputs stacked along channels
+
+
+def _grouped_backward(ops, dout, saved, w, stride, dilation, groups):
+    """The reverse of `_grouped_forward`: each group's backward on its slice of dout -> dx_pad (N, C, Hp, Wp),
+    dw (F, C/G, kH, kW). Group g's filters touch only group g's channels, so nothing crosses between groups."""
+    Fg = w.shape[0] // groups
+    dxs, dws = [], []
+    for g in range(groups):
+        dout_g = np.ascontiguousarray(dout[:, g * Fg:(g + 1) * Fg])  # (N, F/G, Ho, Wo)
+        dx_g, dw_g = ops.conv2d_backward(dout_g, saved[g], w[g * Fg:(g + 1) * Fg], stride, dilation)
+        dxs.append(dx_g)  # (N, C/G, Hp, Wp)
+        dws.append(dw_g)  # (F/G, C/G, kH, kW)
+    return np.concatenate(dxs, axis=1), np.concatenate(dws, axis=0)
 
 
 # ---------------------------------------------------------------------------------------------------------------

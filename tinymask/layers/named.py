@@ -29,15 +29,18 @@ def accumulate_grads(total: dict, new: dict) -> dict:
 
 
 @finite_checked("out", "cache")
-def named_conv_forward(params, name, x, *, stride=1, padding=0, bias=False):
-    """conv2d with weight `name.weight` (and `name.bias`) from `params`. x: (N, C, H, W) -> (N, F, Ho, Wo), cache."""
+def named_conv_forward(params, name, x, *, stride=1, padding=0, groups=1, bias=False):
+    """conv2d with weight `name.weight` (and `name.bias`) from `params`. x: (N, C, H, W) -> (N, F, Ho, Wo), cache.
+
+    groups: a grouped convolution (ResNeXt's 3×3), w of shape (F, C/groups, kH, kW)."""
     check_float_array(x, "x", 4, "(N, C, H, W)")
-    w = param(params, f"{name}.weight")  # (F, C, kH, kW)
+    w = param(params, f"{name}.weight")  # (F, C/groups, kH, kW)
     b = param(params, f"{name}.bias") if bias else None  # (F,)
-    if x.shape[1] != w.shape[1]:
-        raise ValueError(f"{name}.weight {w.shape} expects {w.shape[1]} input channels, got {x.shape[1]} "
-                         f"(input shape {x.shape})")
-    out, cache = conv2d_forward(x, w, b, stride=stride, padding=padding)
+    if w.ndim == 4 and x.shape[1] != w.shape[1] * groups:
+        per = f" ({w.shape[1]} per group × groups={groups})" if groups != 1 else ""
+        raise ValueError(f"{name}.weight {w.shape} expects {w.shape[1] * groups} input channels{per}, got "
+                         f"{x.shape[1]} (input shape {x.shape})")
+    out, cache = conv2d_forward(x, w, b, stride=stride, padding=padding, groups=groups)
     return out, (name, cache, out.shape)
 
 
