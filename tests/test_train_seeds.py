@@ -62,7 +62,7 @@ def test_the_shipped_recipes_clip_and_zero_turns_it_off():
     with pytest.raises(ValueError, match="clip_grad_norm"):
         Recipe(clip_grad_norm=0)
     names = ("iterations", "batch_size", "lr", "warmup", "weight_decay", "momentum", "clip_grad_norm", "eval_every",
-             "seed")
+             "seed", "trainable_backbone_layers")
     args = argparse.Namespace(**{n: None for n in names})
     args.clip_grad_norm = 0.0
     assert _recipe_overrides(args) == {"clip_grad_norm": None}
